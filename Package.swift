@@ -1,0 +1,35 @@
+// swift-tools-version:5.9
+import PackageDescription
+
+let package = Package(
+    name: "liteclip",
+    products: [
+        .library(name: "TensorIO", targets: ["TensorIO"]),
+        .library(name: "LiteCLIP", targets: ["LiteCLIP"]),
+        .executable(name: "liteclip-convert", targets: ["liteclip-convert"]),
+        .executable(name: "liteclip", targets: ["liteclip"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // libzip from Debian (libzip-dev), found through pkg-config.
+        .systemLibrary(name: "CZip", path: "Sources/CZip", pkgConfig: "libzip",
+                       providers: [.apt(["libzip-dev"])]),
+        // Readers and writers of every tensor container we support (.pt zip and legacy,
+        // safetensors, .lcw). Knows nothing about liteCLIP.
+        .target(name: "TensorIO", dependencies: ["CZip"]),
+        // The liteCLIP model: config, parameter set, mapping a checkpoint onto it, conversion.
+        .target(name: "LiteCLIP", dependencies: ["TensorIO"]),
+        .executableTarget(name: "liteclip-convert", dependencies: [
+            "LiteCLIP", "TensorIO",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "liteclip", dependencies: [
+            "LiteCLIP", "TensorIO",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .testTarget(name: "TensorIOTests", dependencies: ["TensorIO"]),
+        .testTarget(name: "LiteCLIPTests", dependencies: ["LiteCLIP", "TensorIO"]),
+    ]
+)

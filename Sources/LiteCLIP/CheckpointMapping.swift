@@ -1,0 +1,155 @@
+import TensorIO
+
+/// A checkpoint's tensors placed onto the liteCLIP parameter set, strictly.
+///
+/// 1. The wrapper's key prefix (`module.`, `model.`, `_orig_mod.`, a Lightning attribute name,
+///    or any combination) is found once, from the first liteCLIP anchor tensor present, and
+///    removed from every key that carries it. There are no per-key string rewrites.
+/// 2. The config is read off the tensor shapes (and, for what shapes cannot tell, the BERT config).
+/// 3. Every expected tensor must be present with its exact shape; anything else is an error,
+///    except the known-unused buffers in `LiteCLIPParameters.ignorable`, which are named and dropped.
+public struct CheckpointMapping {
+    public let config: LiteCLIPConfig
+    /// Tensors in liteCLIP state-dict order, with canonical (prefix-free) names.
+    public let tensors: [Checkpoint.Tensor]
+    /// The prefix removed from the checkpoint's keys ("" when none).
+    public let keyPrefix: String
+    /// Source names that were dropped as known-unused.
+    public let ignored: [String]
+
+    static let anchors = [
+        "logit_scale", "img_projection.proj.weight", "txt_projection.proj.weight",
+        "image_encoder.backbone.stem.0.weight", "text_encoder.backbone.embeddings.word_embeddings.weight",
+    ]
+
+    /// - Parameters:
+    ///   - textConfig: a BERT config (from `config.json`) that supplies the attention heads and
+    ///     LayerNorm eps; its sizes must agree with the tensors. Without one, heads = hidden/64.
+    ///   - allowUnexpected: drop (and name) unknown tensors instead of failing.
+    public init(_ ckpt: Checkpoint, textConfig: BertConfig?, allowUnexpected: Bool = false) throws {
+        let file = ckpt.file
+        // 1. Prefix, from the first anchor found.
+        var prefix: String? = nil
+        outer: for anchor in Self.anchors {
+            for t in ckpt.tensors {
+                if t.name == anchor { prefix = ""; break outer }
+                if t.name.hasSuffix("." + anchor) { prefix = String(t.name.dropLast(anchor.count)); break outer }
+            }
+        }
+        guard let prefix else {
+            throw ModelError(.notLiteCLIP, file: file,
+                             "not a liteCLIP checkpoint: none of \(Self.anchors.joined(separator: ", ")) is present. First keys: "
+                             + ckpt.tensors.prefix(5).map(\.name).joined(separator: ", "))
+        }
+        var byName: [String: Checkpoint.Tensor] = [:]
+        var unexpected: [Checkpoint.Tensor] = []
+        var ignored: [String] = []
+        for t in ckpt.tensors {
+            guard t.name.hasPrefix(prefix) else { unexpected.append(t); continue }
+            let n = String(t.name.dropFirst(prefix.count))
+            byName[n] = t
+        }
+
+        // 2. Config from shapes.
+        let config = try Self.inferConfig(byName, textConfig: textConfig, file: file)
+
+        // 3. Strict placement.
+        var err = ModelError(.mapping, file: file, "the checkpoint does not match liteCLIP (\(Self.describe(config)))")
+        var placed: [Checkpoint.Tensor] = []
+        var used = Set<String>()
+        var hasPooler = true
+        for spec in LiteCLIPParameters.expected(for: config) {
+            guard let t = byName[spec.name] else {
+                if spec.required { err.missing.append("\(prefix)\(spec.name) \(spec.shape)") } else { hasPooler = false }
+                continue
+            }
+            used.insert(spec.name)
+            guard t.shape == spec.shape else {
+                err.mismatched.append("\(prefix)\(spec.name): expected \(spec.shape), file has \(t.shape)")
+                continue
+            }
+            guard t.dtype.isFloatingPoint else {
+                err.mismatched.append("\(prefix)\(spec.name): expected a floating-point tensor, file has \(t.dtype.rawValue)")
+                continue
+            }
+            placed.append(Checkpoint.Tensor(name: spec.name, dtype: t.dtype, shape: t.shape, origin: t.origin, loader: t.load))
+        }
+        for (n, t) in byName where !used.contains(n) {
+            if LiteCLIPParameters.ignorable.contains(n) { ignored.append(t.name) } else { unexpected.append(t) }
+        }
+        // A pooler half present is a broken checkpoint, not an optional one.
+        let poolerNames = ["text_encoder.backbone.pooler.dense.weight", "text_encoder.backbone.pooler.dense.bias"]
+        if poolerNames.filter({ byName[$0] != nil }).count == 1 {
+            err.missing.append(contentsOf: poolerNames.filter { byName[$0] == nil }.map { prefix + $0 })
+        }
+        if allowUnexpected { ignored += unexpected.map(\.name) }
+        else { err.unexpected = unexpected.map { "\($0.name) \($0.shape)" }.sorted() }
+        guard err.missing.isEmpty, err.mismatched.isEmpty, err.unexpected.isEmpty else { throw err }
+        var cfg = config
+        cfg.hasPooler = hasPooler
+        self.config = cfg
+        self.tensors = placed
+        self.keyPrefix = prefix
+        self.ignored = ignored.sorted()
+    }
+
+    static func describe(_ c: LiteCLIPConfig) -> String {
+        "ConvNeXt dims \(c.image.dims) depths \(c.image.depths); BERT hidden \(c.text.hiddenSize), layers \(c.text.numHiddenLayers), "
+            + "heads \(c.text.numAttentionHeads), intermediate \(c.text.intermediateSize), vocab \(c.text.vocabSize); projection \(c.projectionDim)"
+    }
+
+    /// Reads the architecture off tensor shapes. Missing anchors fall back to the seed's sizes so
+    /// that the strict placement afterwards reports every missing tensor at once.
+    static func inferConfig(_ t: [String: Checkpoint.Tensor], textConfig: BertConfig?, file: String) throws -> LiteCLIPConfig {
+        func shape(_ n: String) -> [Int]? { t[n]?.shape }
+        let cb = "image_encoder.backbone."
+        var dims: [Int] = []
+        var depths: [Int] = []
+        var stage = 0
+        while let s = shape("\(cb)stages.\(stage).blocks.0.conv_dw.weight"), s.count == 4 {
+            dims.append(s[0])
+            var d = 0
+            while t["\(cb)stages.\(stage).blocks.\(d).conv_dw.weight"] != nil { d += 1 }
+            depths.append(d)
+            stage += 1
+        }
+        var image = ConvNeXtConfig.tiny
+        if !dims.isEmpty { image = ConvNeXtConfig(dims: dims, depths: depths) }
+        if let s = shape("\(cb)blocks.0.conv_dw.weight") ?? shape("\(cb)stages.0.blocks.0.conv_dw.weight"), s.count == 4 { image.kernelSize = s[2] }
+        if let s = shape("\(cb)stem.0.weight"), s.count == 4 { image.inChannels = s[1]; image.patchSize = s[2] }
+        if let s = shape("\(cb)stages.0.blocks.0.mlp.fc1.weight"), s.count == 2, let d0 = dims.first, d0 > 0, s[0] % d0 == 0 {
+            image.mlpRatio = s[0] / d0
+        }
+
+        let tb = "text_encoder.backbone."
+        var text = BertConfig.mini
+        if let s = shape("\(tb)embeddings.word_embeddings.weight"), s.count == 2 { text.vocabSize = s[0]; text.hiddenSize = s[1] }
+        if let s = shape("\(tb)embeddings.position_embeddings.weight"), s.count == 2 { text.maxPositionEmbeddings = s[0] }
+        if let s = shape("\(tb)embeddings.token_type_embeddings.weight"), s.count == 2 { text.typeVocabSize = s[0] }
+        var layers = 0
+        while t["\(tb)encoder.layer.\(layers).attention.self.query.weight"] != nil { layers += 1 }
+        if layers > 0 { text.numHiddenLayers = layers }
+        if let s = shape("\(tb)encoder.layer.0.intermediate.dense.weight"), s.count == 2 { text.intermediateSize = s[0] }
+        if let tc = textConfig {
+            let pairs: [(String, Int, Int)] = [
+                ("hidden_size", tc.hiddenSize, text.hiddenSize), ("num_hidden_layers", tc.numHiddenLayers, text.numHiddenLayers),
+                ("intermediate_size", tc.intermediateSize, text.intermediateSize), ("vocab_size", tc.vocabSize, text.vocabSize),
+                ("max_position_embeddings", tc.maxPositionEmbeddings, text.maxPositionEmbeddings),
+            ]
+            for (key, cfgValue, tensorValue) in pairs where cfgValue != tensorValue {
+                throw ModelError(.badConfig, file: file, "the BERT config says \(key) = \(cfgValue) but the checkpoint's tensors have \(tensorValue)")
+            }
+            text.numAttentionHeads = tc.numAttentionHeads
+            text.layerNormEps = tc.layerNormEps
+            text.hiddenAct = tc.hiddenAct
+        } else {
+            text.numAttentionHeads = max(1, text.hiddenSize / 64)
+        }
+        guard text.numAttentionHeads > 0, text.hiddenSize % text.numAttentionHeads == 0 else {
+            throw ModelError(.badConfig, file: file, "hidden size \(text.hiddenSize) is not divisible by \(text.numAttentionHeads) attention heads")
+        }
+        var proj = 256
+        if let s = shape("img_projection.proj.weight"), s.count == 2 { proj = s[0] }
+        return LiteCLIPConfig(image: image, text: text, projectionDim: proj)
+    }
+}

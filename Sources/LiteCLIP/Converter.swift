@@ -1,0 +1,114 @@
+import Foundation
+import TensorIO
+
+/// `liteclip-convert`: any supported checkpoint -> a self-contained liteCLIP `.lcw`.
+public enum Converter {
+    public struct Options {
+        /// Storage dtype for the float tensors; nil keeps each tensor's dtype.
+        public var dtype: DType?
+        public var vocabPath: String?
+        public var tokenizerPath: String?
+        public var textConfigPath: String?
+        public var allowUnexpected = false
+        public init() {}
+    }
+
+    public struct Report {
+        public var input: String
+        public var output: String
+        public var format: Checkpoint.Format
+        public var wrapper: String?
+        public var keyPrefix: String
+        public var sourceSHA256: String
+        public var sourceBytes: Int
+        public var tokenizerFile: String
+        public var textConfigFile: String?
+        public var config: LiteCLIPConfig
+        public var tensorCount: Int
+        public var parameterCount: Int
+        public var dataBytes: Int
+        public var fileBytes: Int
+        public var dtypes: [DType: Int]
+        public var ignored: [String]
+    }
+
+    /// - Parameter progress: (bytes of tensor data written, total) after each tensor.
+    public static func convert(input: String, output: String, options: Options,
+                               progress: ((Int, Int) -> Void)? = nil) throws -> Report {
+        if let a = realpath(input, nil) {
+            defer { free(a) }
+            if let b = realpath(output, nil) {
+                defer { free(b) }
+                if strcmp(a, b) == 0 { throw ModelError(.badConfig, file: output, "output would overwrite the input") }
+            }
+        }
+        let source = try ByteSource(mapping: input)
+        return try convert(TensorFile.read(source), source: source, input: input, output: output, options: options, progress: progress)
+    }
+
+    /// The conversion proper, on an opened checkpoint (tests inject failing tensors here).
+    static func convert(_ ckpt: Checkpoint, source: ByteSource, input: String, output: String, options: Options,
+                        progress: ((Int, Int) -> Void)?) throws -> Report {
+        guard ckpt.format != .lcw else {
+            throw ModelError(.badConfig, file: input, "input is already an .lcw file")
+        }
+        let dir = (input as NSString).deletingLastPathComponent.isEmpty ? "." : (input as NSString).deletingLastPathComponent
+        func beside(_ name: String) -> String? {
+            let p = dir + "/" + name
+            return FileManager.default.fileExists(atPath: p) ? p : nil
+        }
+
+        // BERT config: flag, else beside the checkpoint.
+        var textConfig: BertConfig? = nil
+        let textConfigFile = options.textConfigPath ?? beside("config.json")
+        if let p = textConfigFile {
+            guard let data = FileManager.default.contents(atPath: p) else { throw ModelError(.badConfig, file: p, "cannot read the BERT config") }
+            do { textConfig = try JSONDecoder().decode(BertConfig.self, from: data) } catch {
+                throw ModelError(.badConfig, file: p, "not a BERT config.json: \(error)")
+            }
+        }
+        let mapping = try CheckpointMapping(ckpt, textConfig: textConfig, allowUnexpected: options.allowUnexpected)
+
+        // Tokenizer: flags, else vocab.txt then tokenizer.json beside the checkpoint.
+        let tokenizer: TokenizerSpec
+        let tokenizerFile: String
+        if let p = options.tokenizerPath { tokenizer = try .load(tokenizerJSON: p); tokenizerFile = p }
+        else if let p = options.vocabPath { tokenizer = try .load(vocabTxt: p); tokenizerFile = p }
+        else if let p = beside("vocab.txt") { tokenizer = try .load(vocabTxt: p); tokenizerFile = p }
+        else if let p = beside("tokenizer.json") { tokenizer = try .load(tokenizerJSON: p); tokenizerFile = p }
+        else {
+            throw ModelError(.missingTokenizer, file: input,
+                             "no tokenizer given and none beside the checkpoint (looked for vocab.txt and tokenizer.json in \(dir)); "
+                             + "pass --vocab vocab.txt or --tokenizer tokenizer.json so the .lcw can tokenize on its own")
+        }
+        guard tokenizer.vocab.count == mapping.config.text.vocabSize else {
+            throw ModelError(.badTokenizer, file: tokenizerFile,
+                             "vocabulary has \(tokenizer.vocab.count) tokens but the checkpoint's word embeddings have \(mapping.config.text.vocabSize) rows")
+        }
+
+        // Output tensors, converted to the requested dtype one at a time while writing.
+        var dtypes: [DType: Int] = [:]
+        let outTensors: [Checkpoint.Tensor] = mapping.tensors.map { t in
+            let to = options.dtype ?? t.dtype
+            dtypes[to, default: 0] += 1
+            if to == t.dtype { return t }
+            return Checkpoint.Tensor(name: t.name, dtype: to, shape: t.shape, origin: t.origin) {
+                DTypeConversion.convert(try t.load(), from: t.dtype, to: to)
+            }
+        }
+        let sourceSHA = source.withBytes { SHA256.hex($0) }
+        let meta = LCWMetadata(
+            model: mapping.config, tokenizer: tokenizer, preprocess: .seed,
+            source: .init(file: (input as NSString).lastPathComponent, sha256: sourceSHA,
+                          format: ckpt.format.rawValue, wrapper: ckpt.wrapper, keyPrefix: mapping.keyPrefix,
+                          ignoredTensors: mapping.ignored),
+            converter: .init())
+        let fileBytes = try LCWWriter.write(to: output, tensors: outTensors, metadata: try meta.jsonObject(), progress: progress)
+        return Report(input: input, output: output, format: ckpt.format, wrapper: ckpt.wrapper, keyPrefix: mapping.keyPrefix,
+                      sourceSHA256: meta.source.sha256, sourceBytes: source.count, tokenizerFile: tokenizerFile,
+                      textConfigFile: textConfigFile, config: mapping.config, tensorCount: outTensors.count,
+                      parameterCount: outTensors.reduce(0) { $0 + $1.elementCount },
+                      dataBytes: outTensors.reduce(0) { $0 + $1.byteCount }, fileBytes: fileBytes,
+                      dtypes: dtypes, ignored: mapping.ignored)
+    }
+}

@@ -1,0 +1,86 @@
+import Dispatch
+import Foundation
+import TensorIO
+
+/// What `liteclip inspect` reports about a file.
+public struct Inspection {
+    public struct Row {
+        public let name: String
+        public let dtype: DType
+        public let shape: [Int]
+        public let sha256: String
+    }
+
+    public let file: String
+    public let format: Checkpoint.Format
+    public let wrapper: String?
+    public let metadata: [String: String]
+    /// For liteCLIP `.lcw` files: the decoded metadata.
+    public let lcw: LCWMetadata?
+    public let rows: [Row]
+
+    /// Opens `path` with the reader its bytes call for and hashes every tensor (both cores).
+    public static func inspect(_ path: String) throws -> Inspection {
+        let source = try ByteSource(mapping: path)
+        var lcwMeta: LCWMetadata? = nil
+        let ckpt: Checkpoint
+        if try TensorFile.detect(source) == .lcw {
+            let f = try LCWReader.read(source)
+            ckpt = f.checkpoint
+            lcwMeta = try? JSONDecoder().decode(LCWMetadata.self, from: f.metadataJSON)
+        } else {
+            ckpt = try TensorFile.read(source)
+        }
+        let tensors = ckpt.tensors
+        var hashes = [Result<String, Error>](repeating: .success(""), count: tensors.count)
+        hashes.withUnsafeMutableBufferPointer { out in
+            let o = out
+            DispatchQueue.concurrentPerform(iterations: tensors.count) { i in
+                o[i] = Result { try tensors[i].load().sha256() }
+            }
+        }
+        let rows = try zip(tensors, hashes).map { t, h in Row(name: t.name, dtype: t.dtype, shape: t.shape, sha256: try h.get()) }
+        return Inspection(file: path, format: ckpt.format, wrapper: ckpt.wrapper, metadata: ckpt.metadata, lcw: lcwMeta, rows: rows)
+    }
+
+    public func text() -> String {
+        var out = ["file: \(file)", "format: \(format.rawValue)", "weights: \(wrapper ?? "at the top level")"]
+        for (k, v) in metadata.sorted(by: { $0.key < $1.key }) { out.append("\(k): \(v)") }
+        if let m = lcw {
+            let c = m.model
+            out.append("model: liteCLIP; ConvNeXt dims \(c.image.dims) depths \(c.image.depths); BERT hidden \(c.text.hiddenSize) layers \(c.text.numHiddenLayers) heads \(c.text.numAttentionHeads) intermediate \(c.text.intermediateSize); projection \(c.projectionDim)")
+            out.append("tokenizer: \(m.tokenizer.vocab.count) tokens, lower-case \(m.tokenizer.doLowerCase), max length \(m.tokenizer.maxLength)")
+            out.append("preprocess: resize \(m.preprocess.resize) \(m.preprocess.interpolation), center crop \(m.preprocess.centerCrop), mean \(m.preprocess.mean), std \(m.preprocess.std)")
+            out.append("source: \(m.source.file) (\(m.source.format)) sha256 \(m.source.sha256)")
+            out.append("converter: \(m.converter.name) \(m.converter.version)")
+        }
+        let params = rows.reduce(0) { $0 + $1.shape.reduce(1, *) }
+        out.append("tensors: \(rows.count), parameters: \(params)")
+        let w = rows.map(\.name.count).max() ?? 4
+        for r in rows {
+            let shape = "[" + r.shape.map(String.init).joined(separator: ", ") + "]"
+            out.append(r.name.padding(toLength: w, withPad: " ", startingAt: 0) + "  " + r.dtype.rawValue.padding(toLength: 4, withPad: " ", startingAt: 0)
+                       + "  " + shape.padding(toLength: 22, withPad: " ", startingAt: 0) + "  " + r.sha256)
+        }
+        return out.joined(separator: "\n")
+    }
+
+    public func json() throws -> String {
+        var obj: [String: Any] = [
+            "file": file, "format": format.rawValue, "wrapper": wrapper ?? NSNull(), "metadata": metadata,
+            "tensors": rows.map { ["name": $0.name, "dtype": $0.dtype.rawValue, "shape": $0.shape, "sha256": $0.sha256] as [String: Any] },
+        ]
+        if let m = lcw {
+            var lm = try m.jsonObject()
+            if var tok = lm["tokenizer"] as? [String: Any] {
+                tok["vocab_size"] = m.tokenizer.vocab.count
+                tok["vocab_sha256"] = Data(m.tokenizer.vocab.joined(separator: "\n").utf8).withUnsafeBytes { SHA256.hex($0) }
+                tok.removeValue(forKey: "vocab")
+                lm["tokenizer"] = tok
+            }
+            obj["lcw"] = lm
+        }
+        let data = try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys])
+        return String(decoding: data, as: UTF8.self)
+    }
+}

@@ -1,0 +1,116 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+
+/// Writes a file so that it either appears complete under its final name or not at all.
+///
+/// Bytes go to a unique temporary file in the destination's folder (`NAME.tmp-PID-RANDOM`,
+/// created with O_EXCL); `commit()` fsyncs and renames it into place. Any error, `abort()`, or
+/// SIGINT/SIGTERM (once `installSignalCleanup()` has run) removes the temporary file, so a
+/// failed or interrupted write leaves nothing behind.
+public final class AtomicFile {
+    public let path: String
+    public let tempPath: String
+    private var fd: Int32
+    private var slot: Int
+    public private(set) var bytesWritten = 0
+
+    public init(path: String) throws {
+        self.path = path
+        tempPath = "\(path).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        fd = Glibc.open(tempPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        guard fd >= 0 else {
+            throw ReadError(.writeFailed, file: path, "cannot create a temporary file beside it: \(String(cString: strerror(errno)))")
+        }
+        slot = TempRegistry.add(tempPath)
+    }
+
+    deinit { abort() }
+
+    public func write(_ bytes: UnsafeRawBufferPointer) throws {
+        var p = bytes.baseAddress
+        var left = bytes.count
+        while left > 0, let q = p {
+            let n = Glibc.write(fd, q, left)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw ReadError(.writeFailed, file: path, place: "byte \(bytesWritten)", "write failed: \(String(cString: strerror(errno)))")
+            }
+            p = q + n
+            left -= n
+            bytesWritten += n
+        }
+    }
+
+    public func write(_ bytes: [UInt8]) throws { try bytes.withUnsafeBytes { try write($0) } }
+
+    public func writeZeros(_ count: Int) throws {
+        if count > 0 { try write([UInt8](repeating: 0, count: count)) }
+    }
+
+    /// Flushes to disk and renames the temporary file to `path`.
+    public func commit() throws {
+        guard fd >= 0 else { throw ReadError(.writeFailed, file: path, "file already closed") }
+        guard fsync(fd) == 0 else { throw ReadError(.writeFailed, file: path, "fsync failed: \(String(cString: strerror(errno)))") }
+        Glibc.close(fd)
+        fd = -1
+        guard rename(tempPath, path) == 0 else {
+            let e = String(cString: strerror(errno))
+            unlink(tempPath)
+            TempRegistry.remove(slot)
+            throw ReadError(.writeFailed, file: path, "cannot rename the finished file into place: \(e)")
+        }
+        TempRegistry.remove(slot)
+    }
+
+    /// Discards the temporary file (no-op after `commit`).
+    public func abort() {
+        if fd >= 0 {
+            Glibc.close(fd)
+            fd = -1
+            unlink(tempPath)
+            TempRegistry.remove(slot)
+        }
+    }
+
+    /// Makes SIGINT and SIGTERM remove every temporary file in flight before the process exits.
+    public static func installSignalCleanup() {
+        for sig in [SIGINT, SIGTERM] {
+            signal(sig) { s in
+                TempRegistry.unlinkAll()
+                _exit(128 + s)
+            }
+        }
+    }
+}
+
+/// Temporary paths in flight, as C strings a signal handler can unlink without allocating.
+enum TempRegistry {
+    static let capacity = 64
+    nonisolated(unsafe) static var paths = UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>.allocate(capacity: capacity)
+    nonisolated(unsafe) static var initialized = false
+    static let lock = NSLock()
+
+    static func add(_ path: String) -> Int {
+        lock.lock(); defer { lock.unlock() }
+        if !initialized { paths.initialize(repeating: nil, count: capacity); initialized = true }
+        for i in 0..<capacity where paths[i] == nil {
+            paths[i] = strdup(path)
+            return i
+        }
+        return -1
+    }
+
+    static func remove(_ slot: Int) {
+        guard slot >= 0 else { return }
+        lock.lock(); defer { lock.unlock() }
+        free(paths[slot])
+        paths[slot] = nil
+    }
+
+    static func unlinkAll() {
+        guard initialized else { return }
+        for i in 0..<capacity { if let p = paths[i] { unlink(p) } }
+    }
+}

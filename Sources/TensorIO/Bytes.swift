@@ -1,0 +1,154 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+
+/// Read-only bytes that stay valid as long as this object lives: either a read-only memory
+/// map of a whole file, or a heap copy (for fuzzing and for data built in memory).
+///
+/// Readers take a `ByteSource` rather than a path so the same parsing code runs on a mapped
+/// file and on heap bytes (AddressSanitizer cannot see overruns inside an mmap).
+public final class ByteSource: @unchecked Sendable {
+    public let name: String
+    /// The whole file. Valid while this object is alive (see `withBytes`).
+    public let bytes: UnsafeRawBufferPointer
+    private let unmap: (() -> Void)?
+
+    /// Maps `path` read-only. The size is taken with fstat at open; an empty file maps to an
+    /// empty buffer.
+    public init(mapping path: String) throws {
+        name = path
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw ReadError(.ioError, file: path, "cannot open: \(String(cString: strerror(errno)))")
+        }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else {
+            throw ReadError(.ioError, file: path, "cannot stat: \(String(cString: strerror(errno)))")
+        }
+        guard (st.st_mode & S_IFMT) == S_IFREG else {
+            throw ReadError(.ioError, file: path, "not a regular file")
+        }
+        let size = Int(st.st_size)
+        if size == 0 {
+            bytes = UnsafeRawBufferPointer(start: nil, count: 0)
+            unmap = nil
+            return
+        }
+        guard let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), p != MAP_FAILED else {
+            throw ReadError(.ioError, file: path, "cannot map: \(String(cString: strerror(errno)))")
+        }
+        bytes = UnsafeRawBufferPointer(start: p, count: size)
+        unmap = { munmap(p, size) }
+    }
+
+    /// A heap copy of `data`.
+    public init(copying data: some Collection<UInt8>, name: String) {
+        self.name = name
+        let count = data.count
+        let p = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, 1), alignment: 64)
+        _ = p.initializeMemory(as: UInt8.self, from: data)
+        bytes = UnsafeRawBufferPointer(start: p.baseAddress, count: count)
+        unmap = { p.deallocate() }
+    }
+
+    deinit { unmap?() }
+
+    public var count: Int { bytes.count }
+
+    /// Calls `body` with the whole file's bytes, keeping the mapping alive for the duration.
+    public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try withExtendedLifetime(self) { try body(bytes) }
+    }
+
+    /// Bounds-checked sub-range; throws `.truncated` naming `place` when it runs past the end.
+    public func slice(_ offset: Int, _ length: Int, place: String) throws -> UnsafeRawBufferPointer {
+        guard offset >= 0, length >= 0, let end = Checked.add(offset, length), end <= bytes.count else {
+            throw ReadError(.truncated, file: name, place: place,
+                            "needs bytes \(offset)..<\(offset &+ length) but the file has \(bytes.count)")
+        }
+        return UnsafeRawBufferPointer(rebasing: bytes[offset..<end])
+    }
+}
+
+/// The bytes of one tensor, contiguous, row-major, little-endian, in the tensor's dtype:
+/// a zero-copy view into a `ByteSource` where the file already lays it out that way, else an
+/// owned buffer that the reader materialised.
+public struct TensorBytes: @unchecked Sendable {
+    private let owner: AnyObject
+    /// The bytes. Only valid while this value is alive: use `withBytes` (Swift may release a
+    /// value right after its last use, so reading `buffer` off a temporary is a use-after-free).
+    let buffer: UnsafeRawBufferPointer
+    /// True when `buffer` points into the mapped input file (no copy was made).
+    public let isView: Bool
+
+    public init(viewOf source: ByteSource, _ buffer: UnsafeRawBufferPointer) {
+        owner = source
+        self.buffer = buffer
+        isView = true
+    }
+
+    public init(owning data: [UInt8]) {
+        let box = OwnedBuffer(data)
+        owner = box
+        buffer = box.buffer
+        isView = false
+    }
+
+    public init(owning box: OwnedBuffer) {
+        owner = box
+        buffer = box.buffer
+        isView = false
+    }
+
+    private init(owner: AnyObject, buffer: UnsafeRawBufferPointer, isView: Bool) {
+        self.owner = owner
+        self.buffer = buffer
+        self.isView = isView
+    }
+
+    /// A part of these bytes that keeps the same owner alive (no copy).
+    public func subview(_ part: UnsafeRawBufferPointer) -> TensorBytes {
+        TensorBytes(owner: owner, buffer: part, isView: isView)
+    }
+
+    public var count: Int { buffer.count }
+
+    /// Calls `body` with the bytes, keeping their owner alive for the duration.
+    public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try withExtendedLifetime(owner) { try body(buffer) }
+    }
+
+    /// A copy of the bytes.
+    public var array: [UInt8] { withBytes { Array($0) } }
+
+    /// Lowercase hex SHA-256 of the bytes.
+    public func sha256() -> String { withBytes { SHA256.hex($0) } }
+}
+
+/// A 64-byte aligned heap buffer, filled once by a reader.
+public final class OwnedBuffer: @unchecked Sendable {
+    public let mutable: UnsafeMutableRawBufferPointer
+    public var buffer: UnsafeRawBufferPointer { UnsafeRawBufferPointer(mutable) }
+
+    public init(count: Int) {
+        let m = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, 1), alignment: 64)
+        mutable = UnsafeMutableRawBufferPointer(rebasing: m[0..<count])
+    }
+
+    convenience init(_ data: [UInt8]) {
+        self.init(count: data.count)
+        data.withUnsafeBytes { mutable.copyMemory(from: $0) }
+    }
+
+    deinit { mutable.baseAddress.map { UnsafeMutableRawPointer($0).deallocate() } }
+}
+
+// MARK: - Little-endian scalar reads (unaligned-safe)
+
+extension UnsafeRawBufferPointer {
+    @inline(__always) func le16(_ at: Int) -> UInt16 { UInt16(littleEndian: loadUnaligned(fromByteOffset: at, as: UInt16.self)) }
+    @inline(__always) func le32(_ at: Int) -> UInt32 { UInt32(littleEndian: loadUnaligned(fromByteOffset: at, as: UInt32.self)) }
+    @inline(__always) func le64(_ at: Int) -> UInt64 { UInt64(littleEndian: loadUnaligned(fromByteOffset: at, as: UInt64.self)) }
+}

@@ -1,0 +1,114 @@
+import XCTest
+@testable import TensorIO
+
+/// `.lcw` round trips, the atomic writer, and hostile-inputs.md items 23-27.
+final class LCWTests: XCTestCase {
+    func tensor(_ name: String, _ dtype: DType, _ shape: [Int], fill: UInt8 = 1) -> Checkpoint.Tensor {
+        let n = shape.reduce(1, *) * dtype.size
+        let bytes = TensorBytes(owning: (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ Int(fill)) })
+        return Checkpoint.Tensor(name: name, dtype: dtype, shape: shape, origin: "test") { bytes }
+    }
+
+    /// A valid file's bytes and the parts hostile tests edit.
+    func validFile(_ tensors: [Checkpoint.Tensor]? = nil) throws -> [UInt8] {
+        let dir = Fixtures.tempDir()
+        let path = dir + "/a.lcw"
+        try LCWWriter.write(to: path, tensors: tensors ?? [tensor("a", .f32, [3, 5]), tensor("b", .bf16, [7]), tensor("c", .i64, [])],
+                            metadata: ["k": "v", "n": [1, 2]])
+        return Array(try Data(contentsOf: URL(fileURLWithPath: path)))
+    }
+
+    func read(_ bytes: [UInt8]) throws -> LCWFile { try LCWReader.read(source(bytes, "t.lcw")) }
+
+    /// Rewrites the header JSON (keeping the data section) with `edit` applied to the tensor list.
+    func withHeader(_ file: [UInt8], _ edit: (inout [[String: Any]]) -> Void, raw: ((inout Data) -> Void)? = nil) throws -> [UInt8] {
+        let h = Int(file.withUnsafeBytes { $0.le64(16) }), d = Int(file.withUnsafeBytes { $0.le64(24) })
+        let start = LCW.align(32 + h)
+        var obj = try JSONSerialization.jsonObject(with: Data(file[32..<(32 + h)])) as! [String: Any]
+        var list = obj["tensors"] as! [[String: Any]]
+        edit(&list)
+        obj["tensors"] = list
+        var header = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
+        raw?(&header)
+        var out = Array(file[0..<16]) + le64(UInt64(header.count)) + le64(UInt64(d)) + Array(header)
+        out += [UInt8](repeating: 0, count: LCW.align(out.count) - out.count)
+        out += Array(file[start...])
+        return out
+    }
+
+    func testRoundTripIsBitExactAndAligned() throws {
+        let ts = [tensor("a", .f32, [3, 5]), tensor("b", .bf16, [7]), tensor("c", .i64, []), tensor("empty", .f16, [0, 4]), tensor("d", .bool, [3])]
+        let bytes = try validFile(ts)
+        let f = try read(bytes)
+        XCTAssertEqual(f.checkpoint.tensors.map(\.name), ts.map(\.name))
+        for (a, b) in zip(ts, f.checkpoint.tensors) {
+            XCTAssertEqual(a.shape, b.shape); XCTAssertEqual(a.dtype, b.dtype)
+            XCTAssertEqual(try a.load().array, try b.load().array, a.name)
+            let loaded = try b.load()
+            XCTAssertTrue(loaded.isView)
+            if loaded.count > 0 { XCTAssertEqual(loaded.withBytes { Int(bitPattern: $0.baseAddress!) } % 64, 0, "\(a.name) is 64-byte aligned in memory") }
+        }
+        XCTAssertEqual(f.dataOffset % 64, 0)
+        let meta = try JSONSerialization.jsonObject(with: f.metadataJSON) as! [String: Any]
+        XCTAssertEqual(meta["k"] as? String, "v")
+    }
+
+    func testWritingIsDeterministic() throws {
+        XCTAssertEqual(try validFile(), try validFile())
+    }
+
+    func testPreambleChecks() throws {
+        let good = try validFile()
+        assertReadError(.truncated, "short") { try read(Array(good[0..<20])) }
+        var m = good; m[0] = UInt8(ascii: "X")
+        assertReadError(.badMagic) { try read(m) }
+        var v = good; v[8] = 2
+        assertReadError(.unsupportedVersion) { try read(v) }
+        var fl = good; fl[12] = 1
+        assertReadError(.badHeader, "flags") { try read(fl) }
+        var big = good; big.replaceSubrange(16..<24, with: le64(UInt64(LCW.maxHeaderBytes + 1)))
+        assertReadError(.limitExceeded, "header cap") { try read(big) }
+        var past = good; past.replaceSubrange(16..<24, with: le64(UInt64(good.count)))
+        assertReadError(.truncated, "header past EOF") { try read(past) }
+        var dl = good; dl.replaceSubrange(24..<32, with: le64(UInt64.max))
+        assertReadError(.truncated, "absurd data length") { try read(dl) }
+        assertReadError(.truncated, "file cut short") { try read(Array(good.dropLast(64))) }
+        assertReadError(.truncated, "one byte extra") { try read(good + [0]) }
+        for cut in stride(from: 0, to: good.count, by: 5) { assertAnyReadError("cut at \(cut)") { try read(Array(good[0..<cut])) } }
+    }
+
+    func testHeaderChecks() throws {
+        let good = try validFile()
+        assertReadError(.badHeader, "not JSON") { try read(withHeader(good, { _ in }, raw: { $0[0] = UInt8(ascii: "[") })) }
+        assertReadError(.unknownDType) { try read(withHeader(good) { $0[0]["dtype"] = "f8" }) }
+        assertReadError(.shapeMismatch) { try read(withHeader(good) { $0[0]["shape"] = [3, 6] }) }
+        assertReadError(.overflow) { try read(withHeader(good) { $0[0]["shape"] = [Int.max / 2, 3] }) }
+        assertReadError(.badHeader, "negative dim") { try read(withHeader(good) { $0[0]["shape"] = [-3, -5] }) }
+        assertReadError(.badHeader, "fractional dim") { try read(withHeader(good) { $0[0]["shape"] = [3.5, 5] }) }
+        assertReadError(.badHeader, "rank") { try read(withHeader(good) { $0[1]["shape"] = [Int](repeating: 1, count: 17) + [7] }) }
+        assertReadError(.misaligned) { try read(withHeader(good) { $0[1]["offset"] = 65 }) }
+        assertReadError(.outOfBounds) { try read(withHeader(good) { $0[2]["offset"] = 1 << 20 }) }
+        assertReadError(.overlappingEntries) { try read(withHeader(good) { $0[1]["offset"] = 0 }) }
+        assertReadError(.duplicateName) { try read(withHeader(good) { $0[1]["name"] = "a" }) }
+        assertReadError(.badHeader, "empty name") { try read(withHeader(good) { $0[1]["name"] = "" }) }
+        assertReadError(.badHeader, "long name") { try read(withHeader(good) { $0[1]["name"] = String(repeating: "x", count: 2000) }) }
+        assertReadError(.badHeader, "missing offset") { try read(withHeader(good) { $0[1].removeValue(forKey: "offset") }) }
+    }
+
+    func testFailedWriteLeavesNothing() throws {
+        struct Boom: Error {}
+        let dir = Fixtures.tempDir()
+        let path = dir + "/out.lcw"
+        let bad = Checkpoint.Tensor(name: "bad", dtype: .f32, shape: [4], origin: "test") { throw Boom() }
+        XCTAssertThrowsError(try LCWWriter.write(to: path, tensors: [tensor("a", .f32, [1000]), bad], metadata: [:]))
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), [], "no output and no temporary file")
+        // A loader that returns the wrong number of bytes is caught too.
+        let short = Checkpoint.Tensor(name: "short", dtype: .f32, shape: [4], origin: "test") { TensorBytes(owning: [1, 2]) }
+        assertReadError(.shapeMismatch) { try LCWWriter.write(to: path, tensors: [short], metadata: [:]) }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), [])
+        // An existing file is replaced only on success.
+        try Data([1, 2, 3]).write(to: URL(fileURLWithPath: path))
+        XCTAssertThrowsError(try LCWWriter.write(to: path, tensors: [bad], metadata: [:]))
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: path)), Data([1, 2, 3]))
+    }
+}

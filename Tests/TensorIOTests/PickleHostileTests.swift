@@ -1,0 +1,173 @@
+import XCTest
+@testable import TensorIO
+
+/// hostile-inputs.md items 1-9: the pickle interpreter refuses, never executes, never crashes.
+final class PickleHostileTests: XCTestCase {
+    func run(_ p: PickleBuilder) throws -> PyValue {
+        try p.bytes.withUnsafeBytes { buf in
+            var m = PickleMachine(data: buf, file: "crafted.pkl", entry: "data.pkl")
+            return try m.run()
+        }
+    }
+
+    func testValidOrderedDictWithTensor() throws {
+        var p = PickleBuilder()
+        p.orderedDict(); p.str("w")
+        p.tensor("FloatStorage", key: "0", numel: 6, offset: 0, size: [2, 3], stride: [3, 1])
+        p.op(0x73); p.stop()
+        guard case .dict(let d) = try run(p), case .tensor(let t)? = d.value(forKey: "w") else { return XCTFail("no tensor") }
+        XCTAssertEqual(t.shape, [2, 3]); XCTAssertEqual(t.stride, [3, 1]); XCTAssertEqual(t.dtype, .f32)
+    }
+
+    func testDisallowedGlobalsAreRefusedWhenNamed() {
+        for (m, n) in [("builtins", "eval"), ("builtins", "exec"), ("builtins", "getattr"), ("builtins", "__import__"),
+                       ("os", "system"), ("posix", "system"), ("subprocess", "Popen"), ("functools", "partial"),
+                       ("operator", "attrgetter"), ("importlib", "import_module"), ("torch", "load"),
+                       ("torch.storage", "_load_from_bytes"), ("torch._tensor", "_rebuild_from_type_v2"), ("pickle", "loads"),
+                       ("numpy.core.multiarray", "_reconstruct")] {
+            var p = PickleBuilder()
+            p.global(m, n); p.str("echo pwned"); p.op(0x85); p.reduce(); p.stop()
+            assertReadError(.disallowedGlobal, "\(m).\(n)") { try run(p) }
+        }
+        var s = PickleBuilder()   // STACK_GLOBAL path too
+        s.str("os"); s.str("system"); s.op(0x93); s.stop()
+        assertReadError(.disallowedGlobal, "STACK_GLOBAL os.system") { try run(s) }
+    }
+
+    func testWholeModulePickleIsNamed() {
+        var p = PickleBuilder()
+        p.global("torch.nn.modules.linear", "Linear"); p.stop()
+        assertReadError(.wholeModule) { try run(p) }
+        var q = PickleBuilder()
+        q.global("__main__", "CLIP"); q.stop()
+        assertReadError(.wholeModule) { try run(q) }
+    }
+
+    func testDisallowedOpcodes() {
+        for op: UInt8 in [0x69 /* INST */, 0x6F /* OBJ */, 0x81 /* NEWOBJ */, 0x92 /* NEWOBJ_EX */, 0x82 /* EXT1 */,
+                          0x83, 0x84, 0x8B /* LONG4 */, 0x49 /* INT text */, 0x4C /* LONG text */, 0x53 /* STRING */,
+                          0x56 /* UNICODE */, 0x70 /* PUT text */, 0x67 /* GET text */, 0x46 /* FLOAT text */, 0x50 /* PERSID */,
+                          0x8F /* EMPTY_SET */, 0x90 /* ADDITEMS */, 0x91 /* FROZENSET */, 0x97 /* NEXT_BUFFER */] {
+            var p = PickleBuilder()
+            p.op(op); p.stop()
+            assertReadError(.disallowedOpcode, "opcode \(op)") { try run(p) }
+        }
+    }
+
+    func testContainerTypeChecks() {
+        var a = PickleBuilder()   // SETITEM on a list
+        a.emptyList(); a.str("k"); a.str("v"); a.op(0x73); a.stop()
+        assertReadError(.malformedPickle, "SETITEM on list") { try run(a) }
+        var b = PickleBuilder()   // APPEND on a dict
+        b.emptyDict(); b.str("v"); b.op(0x61); b.stop()
+        assertReadError(.malformedPickle, "APPEND on dict") { try run(b) }
+        var c = PickleBuilder()   // BUILD on a list
+        c.emptyList(); c.emptyDict(); c.op(0x62); c.stop()
+        assertReadError(.malformedPickle, "BUILD on list") { try run(c) }
+        var d = PickleBuilder()   // BUILD on a plain dict
+        d.emptyDict(); d.emptyDict(); d.op(0x62); d.stop()
+        assertReadError(.malformedPickle, "BUILD on dict") { try run(d) }
+        var e = PickleBuilder()   // REDUCE on a string
+        e.str("x"); e.emptyTuple(); e.reduce(); e.stop()
+        assertReadError(.malformedPickle, "REDUCE on str") { try run(e) }
+        var f = PickleBuilder()   // storage class called outside a persistent id
+        f.global("torch", "FloatStorage"); f.emptyTuple(); f.reduce(); f.stop()
+        assertReadError(.disallowedGlobal, "FloatStorage()") { try run(f) }
+    }
+
+    func testMemo() {
+        var a = PickleBuilder()
+        a.op(0x68, 7); a.stop()   // BINGET 7, never PUT
+        assertReadError(.malformedPickle, "undefined memo") { try run(a) }
+        var b = PickleBuilder()   // huge PUT index allocates nothing
+        b.emptyList(); b.op(0x72, 0xFF, 0xFF, 0xFF, 0xFF); b.op(0x6A, 0xFF, 0xFF, 0xFF, 0xFF); b.op(0x30); b.stop()
+        XCTAssertNoThrow(try run(b))
+    }
+
+    func testLengthsAndEncoding() {
+        var a = PickleBuilder()
+        a.op(0x58); a.bytes += le32(0xFFFF_FFF0); a.bytes += Array("abc".utf8)   // BINUNICODE longer than the data
+        assertReadError(.truncated, "long string") { try run(a) }
+        var b = PickleBuilder()
+        b.op(0x8C, 2, 0xC3, 0x28); b.stop()   // invalid UTF-8
+        assertReadError(.malformedPickle, "invalid utf-8") { try run(b) }
+        var c = PickleBuilder()
+        c.op(0x8E); c.bytes += le64(UInt64.max)   // BINBYTES8 with a huge length
+        assertReadError(.truncated, "huge bytes") { try run(c) }
+    }
+
+    func testStackDiscipline() {
+        var a = PickleBuilder(); a.op(0x73); a.stop()   // SETITEM on empty stack
+        assertAnyReadError("underflow") { try run(a) }
+        var b = PickleBuilder(); b.str("a"); b.tuple(); b.stop()   // TUPLE without MARK
+        assertReadError(.malformedPickle, "unmatched MARK") { try run(b) }
+        var c = PickleBuilder(); c.op(0x4E); c.stop(); c.op(0x4E)   // bytes after STOP
+        assertReadError(.malformedPickle, "trailing bytes") { try run(c) }
+        var d = PickleBuilder(); d.op(0x4E); d.op(0x4E); d.stop()   // STOP with leftovers
+        assertReadError(.malformedPickle, "leftovers") { try run(d) }
+        var e = PickleBuilder(); e.op(0x4E)   // no STOP
+        assertReadError(.truncated, "no STOP") { try run(e) }
+        var f = PickleBuilder(); f.mark(); f.str("a"); f.op(0x30); f.op(0x30); f.tuple(); f.stop()   // POP across a MARK
+        assertAnyReadError("pop across mark") { try run(f) }
+    }
+
+    func testFrames() {
+        var a = PickleBuilder()
+        a.op(0x95); a.bytes += le64(1000); a.op(0x4E); a.stop()   // FRAME longer than the rest
+        assertReadError(.truncated, "frame too long") { try run(a) }
+        var b = PickleBuilder()   // an opcode straddling the frame end
+        b.op(0x95); b.bytes += le64(2); b.op(0x4A, 1, 2, 3, 4); b.stop()
+        assertReadError(.malformedPickle, "straddle") { try run(b) }
+        var c = PickleBuilder()   // a correct frame
+        c.op(0x95); c.bytes += le64(2); c.op(0x4E, 0x2E)
+        XCTAssertNoThrow(try run(c))
+    }
+
+    func testNestingAndObjectCaps() {
+        var a = PickleBuilder()
+        for _ in 0..<500 { a.mark() }
+        a.op(0x4E)
+        for _ in 0..<500 { a.tuple() }
+        a.stop()
+        assertReadError(.limitExceeded, "nested tuples") { try run(a) }
+        var b = PickleBuilder()   // lists nested by APPEND
+        b.emptyList()
+        for _ in 0..<300 { b.emptyList() }
+        for _ in 0..<300 { b.op(0x61) }
+        b.stop()
+        assertReadError(.limitExceeded, "nested lists") { try run(b) }
+        var c = PickleBuilder()   // a list appended to itself, over and over
+        c.emptyList(); c.op(0x71, 0)
+        for _ in 0..<200 { c.op(0x68, 0); c.op(0x61) }
+        c.stop()
+        assertReadError(.limitExceeded, "self-reference") { try run(c) }
+    }
+
+    func testTensorViewChecks() {
+        func tensorPickle(numel: Int32, offset: Int32, size: [Int32], stride: [Int32]) -> PickleBuilder {
+            var p = PickleBuilder()
+            p.orderedDict(); p.str("w"); p.tensor("FloatStorage", key: "0", numel: numel, offset: offset, size: size, stride: stride)
+            p.op(0x73); p.stop()
+            return p
+        }
+        assertReadError(.viewOutOfBounds, "past end") { try run(tensorPickle(numel: 6, offset: 1, size: [2, 3], stride: [3, 1])) }
+        assertReadError(.viewOutOfBounds, "negative size") { try run(tensorPickle(numel: 6, offset: 0, size: [-2, 3], stride: [3, 1])) }
+        assertReadError(.viewOutOfBounds, "negative stride") { try run(tensorPickle(numel: 6, offset: 5, size: [2, 3], stride: [-3, 1])) }
+        assertReadError(.viewOutOfBounds, "negative offset") { try run(tensorPickle(numel: 6, offset: -1, size: [2], stride: [1])) }
+        assertReadError(.malformedPickle, "rank mismatch") { try run(tensorPickle(numel: 6, offset: 0, size: [2, 3], stride: [1])) }
+        assertReadError(.overflow, "overflowing product") {
+            try run(tensorPickle(numel: 6, offset: 0, size: [Int32.max, Int32.max, Int32.max, Int32.max, 4], stride: [0, 0, 0, 0, 1]))
+        }
+        XCTAssertNoThrow(try run(tensorPickle(numel: 6, offset: 0, size: [4, 3], stride: [0, 1])))   // expand (stride 0)
+        XCTAssertNoThrow(try run(tensorPickle(numel: 6, offset: 6, size: [0, 3], stride: [3, 1])))   // empty at the end
+    }
+
+    func testStorageKeyWithTwoDTypes() {
+        var p = PickleBuilder()
+        p.orderedDict()
+        p.str("a"); p.tensor("FloatStorage", key: "0", numel: 4, offset: 0, size: [4], stride: [1]); p.op(0x73)
+        p.str("b"); p.tensor("HalfStorage", key: "0", numel: 4, offset: 0, size: [4], stride: [1]); p.op(0x73)
+        p.stop()
+        assertReadError(.storageDTypeConflict) { try run(p) }
+    }
+}
