@@ -42,16 +42,18 @@ struct LiteclipConvert: ParsableCommand {
         opts.allowUnexpected = allowUnexpected
         let start = Date()
         let showProgress = !quiet
+        let tty = isatty(2) != 0
         var lastPercent = -1
         let report: Converter.Report
         do {
             report = try Converter.convert(input: input, output: output, options: opts) { done, total in
                 guard showProgress, total >= 32 << 20 else { return }
                 let pct = total == 0 ? 100 : done * 100 / total
-                if pct / 5 != lastPercent / 5 {
+                let step = tty ? 2 : 25           // a live line on a terminal, a few lines in a log
+                if pct / step != lastPercent / step {
                     lastPercent = pct
-                    FileHandle.standardError.write("\rwriting \(output): \(pct)% of \(formatBytes(total))".data(using: .utf8)!)
-                    if done == total { FileHandle.standardError.write("\n".data(using: .utf8)!) }
+                    let line = "writing \(output): \(pct)% of \(formatBytes(total))"
+                    FileHandle.standardError.write(((tty ? "\r" : "") + line + (tty && done < total ? "" : "\n")).data(using: .utf8)!)
                 }
             }
         } catch {

@@ -100,6 +100,12 @@ final class SafetensorsTests: XCTestCase {
         return ST.file(tensors, metadata: ["format": "pt", "note": "hello"], data: data)
     }
 
+    /// The bytes of `validFile()`, copied out while the source is alive.
+    private func validBytes() -> [UInt8] {
+        let src = validFile()
+        return withExtendedLifetime(src) { Array(src.bytes) }
+    }
+
     func testValidRoundTrip() throws {
         let src = validFile()
         let c = try SafetensorsReader.read(src)
@@ -333,7 +339,7 @@ final class SafetensorsTests: XCTestCase {
 
     /// A valid file cut at every length is always a ReadError, never a crash or a success.
     func testTruncatedAtEveryPoint() throws {
-        let full = Array(validFile().bytes)
+        let full = validBytes()
         _ = try SafetensorsReader.read(ByteSource(copying: full, name: ST.name))
         for cut in 0..<full.count {
             do {
@@ -349,7 +355,7 @@ final class SafetensorsTests: XCTestCase {
     /// Random byte corruption: either a clean read whose views stay inside the file, or a
     /// ReadError. Deterministic.
     func testRandomCorruptionNeverCrashes() throws {
-        let full = Array(validFile().bytes)
+        let full = validBytes()
         var rng: UInt64 = 0x9E37_79B9_7F4A_7C15
         func next() -> Int {
             rng = rng &* 6364136223846793005 &+ 1442695040888963407
