@@ -29,7 +29,9 @@ let package = Package(
             "LiteCLIP", "TensorIO",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .testTarget(name: "TensorIOTests", dependencies: ["TensorIO"]),
-        .testTarget(name: "LiteCLIPTests", dependencies: ["LiteCLIP", "TensorIO"]),
+        // Fixture paths, error assertions and builders for hostile inputs, shared by the tests.
+        .target(name: "TestSupport", dependencies: ["TensorIO"], path: "Tests/TestSupport"),
+        .testTarget(name: "TensorIOTests", dependencies: ["TensorIO", "TestSupport"]),
+        .testTarget(name: "LiteCLIPTests", dependencies: ["LiteCLIP", "TensorIO", "TestSupport"]),
     ]
 )

@@ -96,7 +96,7 @@ public enum Converter {
                 DTypeConversion.convert(try t.load(), from: t.dtype, to: to)
             }
         }
-        let sourceSHA = source.withBytes { SHA256.hex($0) }
+        let sourceSHA = source.sha256()
         let meta = LCWMetadata(
             model: mapping.config, tokenizer: tokenizer, preprocess: .seed,
             source: .init(file: (input as NSString).lastPathComponent, sha256: sourceSHA,

@@ -13,6 +13,8 @@ public final class ByteSource: @unchecked Sendable {
     /// The whole file. Valid while this object is alive (see `withBytes`).
     public let bytes: UnsafeRawBufferPointer
     private let unmap: (() -> Void)?
+    /// True for a file mapping (whose pages the kernel can drop and re-read), false for heap bytes.
+    public let isMapped: Bool
 
     /// Maps `path` read-only. The size is taken with fstat at open; an empty file maps to an
     /// empty buffer.
@@ -31,6 +33,7 @@ public final class ByteSource: @unchecked Sendable {
             throw ReadError(.ioError, file: path, "not a regular file")
         }
         let size = Int(st.st_size)
+        isMapped = size > 0
         if size == 0 {
             bytes = UnsafeRawBufferPointer(start: nil, count: 0)
             unmap = nil
@@ -46,6 +49,7 @@ public final class ByteSource: @unchecked Sendable {
     /// A heap copy of `data`.
     public init(copying data: some Collection<UInt8>, name: String) {
         self.name = name
+        isMapped = false
         let count = data.count
         let p = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, 1), alignment: 64)
         _ = p.initializeMemory(as: UInt8.self, from: data)
@@ -56,6 +60,33 @@ public final class ByteSource: @unchecked Sendable {
     deinit { unmap?() }
 
     public var count: Int { bytes.count }
+
+    /// Tells the kernel the whole pages inside `part` are not needed for now, so they leave this
+    /// process's resident memory; a later read faults them back in from the file. A no-op for
+    /// heap bytes. Streaming passes (hashing, conversion) use it to keep peak memory flat.
+    public func release(_ part: UnsafeRawBufferPointer) {
+        guard isMapped, let base = part.baseAddress, part.count > 0 else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = (Int(bitPattern: base) + page - 1) / page * page
+        let end = (Int(bitPattern: base) + part.count) / page * page
+        if end > start { madvise(UnsafeMutableRawPointer(bitPattern: start), end - start, MADV_DONTNEED) }
+    }
+
+    /// SHA-256 of the whole file, releasing each chunk's pages once hashed.
+    public func sha256() -> String {
+        withBytes { all in
+            var h = SHA256()
+            let chunk = 8 << 20
+            var at = 0
+            while at < all.count {
+                let part = UnsafeRawBufferPointer(rebasing: all[at..<min(at + chunk, all.count)])
+                h.update(part)
+                release(part)
+                at += chunk
+            }
+            return h.finalize().map { String(format: "%02x", $0) }.joined()
+        }
+    }
 
     /// Calls `body` with the whole file's bytes, keeping the mapping alive for the duration.
     public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
@@ -125,6 +156,13 @@ public struct TensorBytes: @unchecked Sendable {
 
     /// Lowercase hex SHA-256 of the bytes.
     public func sha256() -> String { withBytes { SHA256.hex($0) } }
+
+    /// For a view into a file mapping: lets the kernel drop these pages from resident memory
+    /// (they are re-read from the file if touched again). No effect on owned buffers.
+    public func releasePages() {
+        guard isView, let source = owner as? ByteSource else { return }
+        source.release(buffer)
+    }
 }
 
 /// A 64-byte aligned heap buffer, filled once by a reader.

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import XCTest
 
 /// Runs the built executables as a user would and checks their output.
@@ -30,18 +31,18 @@ final class CLITests: XCTestCase {
     }
 
     func testConvertThenInspectAgreesWithPyTorch() throws {
-        let dir = Paths.tempDir()
-        let r = try run("liteclip-convert", [Paths.golden("liteclip2_lightning.ckpt"), dir + "/m.lcw", "--vocab", Paths.vocab])
+        let dir = Fixtures.tempDir()
+        let r = try run("liteclip-convert", [Fixtures.golden("liteclip2_lightning.ckpt"), dir + "/m.lcw", "--vocab", Fixtures.vocab])
         XCTAssertEqual(r.status, 0, r.err)
         XCTAssertTrue(r.out.contains("nested under key 'state_dict'"), r.out)
         XCTAssertTrue(r.out.contains("key prefix 'model.' (removed)"), r.out)
         XCTAssertTrue(r.out.contains("tensors:    260 (260 f16)"), r.out)
-        for file in [dir + "/m.lcw", Paths.golden("liteclip2_lightning.ckpt")] {
+        for file in [dir + "/m.lcw", Fixtures.golden("liteclip2_lightning.ckpt")] {
             let i = try run("liteclip", ["inspect", file, "--json"])
             XCTAssertEqual(i.status, 0, i.err)
             let obj = try JSONSerialization.jsonObject(with: Data(i.out.utf8)) as! [String: Any]
             let rows = obj["tensors"] as! [[String: Any]]
-            let want = Dictionary(uniqueKeysWithValues: Paths.tensors("liteclip2_lightning.ckpt").map {
+            let want = Dictionary(uniqueKeysWithValues: Fixtures.tensors("liteclip2_lightning.ckpt").map {
                 (String(($0["name"] as! String).dropFirst("model.".count)), $0["sha256"] as! String)
             })
             XCTAssertEqual(rows.count, 260)
@@ -56,23 +57,23 @@ final class CLITests: XCTestCase {
     }
 
     func testBadInputFailsCleanlyAndWritesNothing() throws {
-        let dir = Paths.tempDir()
+        let dir = Fixtures.tempDir()
         let cases: [(String, String)] = [
-            (Paths.golden("cases/torchscript.pt"), "TorchScript"),
-            (Paths.golden("cases/whole_module.pt"), "whole pickled model"),
-            (Paths.golden("cases/views.pt"), "not a liteCLIP checkpoint"),
-            (Paths.golden("README.md"), "not a PyTorch checkpoint"),
+            (Fixtures.golden("cases/torchscript.pt"), "TorchScript"),
+            (Fixtures.golden("cases/whole_module.pt"), "whole pickled model"),
+            (Fixtures.golden("cases/views.pt"), "not a liteCLIP checkpoint"),
+            (Fixtures.golden("README.md"), "not a PyTorch checkpoint"),
             (dir + "/missing.pt", "cannot open"),
         ]
         for (input, message) in cases {
-            let r = try run("liteclip-convert", [input, dir + "/o.lcw", "--vocab", Paths.vocab])
+            let r = try run("liteclip-convert", [input, dir + "/o.lcw", "--vocab", Fixtures.vocab])
             XCTAssertEqual(r.status, 1, input)
             XCTAssertTrue(r.err.contains(message), "\(input): \(r.err)")
             XCTAssertTrue(r.err.contains(input), "error names the file: \(r.err)")
             XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/o.lcw"))
         }
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), [])
-        let bad = try run("liteclip-convert", [Paths.golden("liteclip2.pt"), dir + "/o.lcw", "--dtype", "f8"])
+        let bad = try run("liteclip-convert", [Fixtures.golden("liteclip2.pt"), dir + "/o.lcw", "--dtype", "f8"])
         XCTAssertNotEqual(bad.status, 0)
     }
 }

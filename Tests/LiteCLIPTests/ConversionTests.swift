@@ -2,27 +2,7 @@ import Foundation
 import XCTest
 @testable import LiteCLIP
 @testable import TensorIO
-
-enum Paths {
-    static let root: String = {
-        var url = URL(fileURLWithPath: #filePath)
-        for _ in 0..<3 { url.deleteLastPathComponent() }
-        return url.path
-    }()
-    static func golden(_ rel: String) -> String { root + "/golden/" + rel }
-    /// The seed's tokenizer files, from ../shared (never copied into the tree).
-    static let seed = ProcessInfo.processInfo.environment["LITECLIP_SEED"] ?? (root + "/../shared/liteclip-seed")
-    static let vocab = seed + "/model/vocab.txt"
-    static let manifest: [String: Any] = {
-        try! JSONSerialization.jsonObject(with: FileManager.default.contents(atPath: golden("manifest.json"))!) as! [String: Any]
-    }()
-    static func tensors(_ rel: String) -> [[String: Any]] { (manifest[rel] as! [String: Any])["tensors"] as! [[String: Any]] }
-    static func tempDir() -> String {
-        let p = NSTemporaryDirectory() + "liteclip-tests-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        try! FileManager.default.createDirectory(atPath: p, withIntermediateDirectories: true)
-        return p
-    }
-}
+import TestSupport
 
 /// .pt / .ckpt / safetensors -> .lcw -> mmap: every tensor of every golden variant bit-exact.
 final class ConversionTests: XCTestCase {
@@ -33,21 +13,21 @@ final class ConversionTests: XCTestCase {
 
     func convert(_ rel: String, dtype: DType? = nil, textConfig: Bool = true) throws -> (Converter.Report, LiteCLIPFile) {
         var o = Converter.Options()
-        o.vocabPath = Paths.vocab
+        o.vocabPath = Fixtures.vocab
         o.dtype = dtype
         if !textConfig { o.textConfigPath = nil }
-        let out = Paths.tempDir() + "/out.lcw"
-        let r = try Converter.convert(input: Paths.golden(rel), output: out, options: o)
+        let out = Fixtures.tempDir() + "/out.lcw"
+        let r = try Converter.convert(input: Fixtures.golden(rel), output: out, options: o)
         return (r, try LiteCLIPFile.open(out))
     }
 
     func testEveryVariantConvertsBitExactly() throws {
-        let m = (Paths.manifest["model"] as! [String: Any])["config"] as! [String: Any]
+        let m = (Fixtures.manifest["model"] as! [String: Any])["config"] as! [String: Any]
         for (rel, prefix) in Self.variants {
             let (report, lcw) = try convert(rel)
             XCTAssertEqual(report.keyPrefix, prefix, rel)
             XCTAssertEqual(lcw.tensors.count, 260, rel)
-            let want = Paths.tensors(rel)
+            let want = Fixtures.tensors(rel)
             let byName = Dictionary(uniqueKeysWithValues: want.map { (String(($0["name"] as! String).dropFirst(prefix.count)), $0) })
             var bad: [String] = []
             for t in lcw.tensors {
@@ -59,7 +39,7 @@ final class ConversionTests: XCTestCase {
             }
             XCTAssertTrue(bad.isEmpty, "\(rel):\n" + bad.joined(separator: "\n"))
             // Canonical order is the seed's state-dict order, whatever the source's order.
-            XCTAssertEqual(lcw.tensors.map(\.name), Paths.tensors("liteclip2.pt").map { $0["name"] as! String }, rel)
+            XCTAssertEqual(lcw.tensors.map(\.name), Fixtures.tensors("liteclip2.pt").map { $0["name"] as! String }, rel)
             let c = lcw.metadata.model
             XCTAssertEqual(c.image.dims, m["convnext_dims"] as! [Int])
             XCTAssertEqual(c.image.depths, m["convnext_depths"] as! [Int])
@@ -74,7 +54,7 @@ final class ConversionTests: XCTestCase {
             XCTAssertEqual(lcw.metadata.tokenizer.vocab[101], "[CLS]")
             XCTAssertEqual(lcw.metadata.preprocess, .seed)
             XCTAssertEqual(lcw.metadata.source.file, (rel as NSString).lastPathComponent)
-            XCTAssertEqual(lcw.metadata.source.sha256, try ByteSource(mapping: Paths.golden(rel)).withBytes { SHA256.hex($0) })
+            XCTAssertEqual(lcw.metadata.source.sha256, try ByteSource(mapping: Fixtures.golden(rel)).withBytes { SHA256.hex($0) })
         }
     }
 
@@ -82,7 +62,7 @@ final class ConversionTests: XCTestCase {
     func testDTypeConversionMatchesPyTorch() throws {
         for (dtype, ref, prefix) in [(DType.f16, "liteclip2_f16.pt", ""), (.bf16, "liteclip2_bf16_ddp_cuda.pt", "module.")] {
             let (_, lcw) = try convert("liteclip2.pt", dtype: dtype)
-            let want = Dictionary(uniqueKeysWithValues: Paths.tensors(ref).map { (String(($0["name"] as! String).dropFirst(prefix.count)), $0["sha256"] as! String) })
+            let want = Dictionary(uniqueKeysWithValues: Fixtures.tensors(ref).map { (String(($0["name"] as! String).dropFirst(prefix.count)), $0["sha256"] as! String) })
             for t in lcw.tensors {
                 XCTAssertEqual(t.dtype, dtype)
                 XCTAssertEqual(try t.load().sha256(), want[t.name], "\(dtype) \(t.name)")
@@ -91,16 +71,16 @@ final class ConversionTests: XCTestCase {
         // And back up: f16 -> f32 widening is exact, so f16 -> f32 -> f16 is the identity.
         let (_, up) = try convert("liteclip2_f16.pt", dtype: .f32)
         let down = up.tensors.map { DTypeConversion.convert(try! $0.load(), from: .f32, to: .f16) }
-        let ref = Paths.tensors("liteclip2_f16.pt")
+        let ref = Fixtures.tensors("liteclip2_f16.pt")
         for (b, w) in zip(down, ref) { XCTAssertEqual(b.sha256(), w["sha256"] as! String) }
     }
 
     func testConversionIsReproducible() throws {
-        let dir = Paths.tempDir()
+        let dir = Fixtures.tempDir()
         var o = Converter.Options()
-        o.vocabPath = Paths.vocab
-        _ = try Converter.convert(input: Paths.golden("liteclip2.pt"), output: dir + "/a.lcw", options: o)
-        _ = try Converter.convert(input: Paths.golden("liteclip2.pt"), output: dir + "/b.lcw", options: o)
+        o.vocabPath = Fixtures.vocab
+        _ = try Converter.convert(input: Fixtures.golden("liteclip2.pt"), output: dir + "/a.lcw", options: o)
+        _ = try Converter.convert(input: Fixtures.golden("liteclip2.pt"), output: dir + "/b.lcw", options: o)
         XCTAssertEqual(FileManager.default.contents(atPath: dir + "/a.lcw"), FileManager.default.contents(atPath: dir + "/b.lcw"))
     }
 }

@@ -1,12 +1,13 @@
 import Foundation
+import TestSupport
 import XCTest
 @testable import LiteCLIP
 @testable import TensorIO
 
 /// Strict mapping (hostile-inputs.md item 28) and the converter's failure modes.
 final class MappingTests: XCTestCase {
-    let golden = try! TensorFile.open(Paths.golden("liteclip2.pt"))
-    let textConfig = try! JSONDecoder().decode(BertConfig.self, from: FileManager.default.contents(atPath: Paths.golden("config.json"))!)
+    let golden = try! TensorFile.open(Fixtures.golden("liteclip2.pt"))
+    let textConfig = try! JSONDecoder().decode(BertConfig.self, from: FileManager.default.contents(atPath: Fixtures.golden("config.json"))!)
 
     func edited(_ edit: (inout [Checkpoint.Tensor]) -> Void) -> Checkpoint {
         var c = golden
@@ -98,8 +99,8 @@ final class MappingTests: XCTestCase {
     // MARK: - Converter failure modes
 
     func testTokenizerIsRequiredAndMustMatch() throws {
-        let dir = Paths.tempDir()
-        try FileManager.default.copyItem(atPath: Paths.golden("liteclip2.pt"), toPath: dir + "/liteclip2.pt")
+        let dir = Fixtures.tempDir()
+        try FileManager.default.copyItem(atPath: Fixtures.golden("liteclip2.pt"), toPath: dir + "/liteclip2.pt")
         XCTAssertThrowsError(try Converter.convert(input: dir + "/liteclip2.pt", output: dir + "/o.lcw", options: .init())) {
             XCTAssertEqual(($0 as? ModelError)?.code, .missingTokenizer)
         }
@@ -109,38 +110,38 @@ final class MappingTests: XCTestCase {
         }
         // The seed's tokenizer.json beside it works as well as vocab.txt.
         try FileManager.default.removeItem(atPath: dir + "/vocab.txt")
-        try FileManager.default.copyItem(atPath: Paths.seed + "/model/tokenizer.json", toPath: dir + "/tokenizer.json")
+        try FileManager.default.copyItem(atPath: Fixtures.seed + "/model/tokenizer.json", toPath: dir + "/tokenizer.json")
         let r = try Converter.convert(input: dir + "/liteclip2.pt", output: dir + "/o.lcw", options: .init())
         XCTAssertEqual(r.tokenizerFile, dir + "/tokenizer.json")
         let viaJSON = try LiteCLIPFile.open(dir + "/o.lcw").metadata.tokenizer
-        XCTAssertEqual(viaJSON.vocab, try TokenizerSpec.load(vocabTxt: Paths.vocab).vocab)
+        XCTAssertEqual(viaJSON.vocab, try TokenizerSpec.load(vocabTxt: Fixtures.vocab).vocab)
         XCTAssertEqual(Set(try FileManager.default.contentsOfDirectory(atPath: dir)), ["liteclip2.pt", "tokenizer.json", "o.lcw"])
     }
 
     func testAFailureMidwayLeavesNoOutput() throws {
         struct DiskOnFire: Error {}
-        let dir = Paths.tempDir()
+        let dir = Fixtures.tempDir()
         let c = edited { ts in
             let i = 200
             let t = ts[i]
             ts[i] = Checkpoint.Tensor(name: t.name, dtype: t.dtype, shape: t.shape, origin: t.origin) { throw DiskOnFire() }
         }
         var o = Converter.Options()
-        o.vocabPath = Paths.vocab
-        let src = try ByteSource(mapping: Paths.golden("liteclip2.pt"))
+        o.vocabPath = Fixtures.vocab
+        let src = try ByteSource(mapping: Fixtures.golden("liteclip2.pt"))
         var progressCalls = 0
-        XCTAssertThrowsError(try Converter.convert(c, source: src, input: Paths.golden("liteclip2.pt"), output: dir + "/o.lcw",
+        XCTAssertThrowsError(try Converter.convert(c, source: src, input: Fixtures.golden("liteclip2.pt"), output: dir + "/o.lcw",
                                                    options: o, progress: { _, _ in progressCalls += 1 }))
         XCTAssertGreaterThan(progressCalls, 100, "the failure came after writing had started")
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), [])
     }
 
     func testOutputMustNotBeTheInput() throws {
-        let dir = Paths.tempDir()
-        try FileManager.default.copyItem(atPath: Paths.golden("liteclip2.pt"), toPath: dir + "/m.pt")
+        let dir = Fixtures.tempDir()
+        try FileManager.default.copyItem(atPath: Fixtures.golden("liteclip2.pt"), toPath: dir + "/m.pt")
         var o = Converter.Options()
-        o.vocabPath = Paths.vocab
+        o.vocabPath = Fixtures.vocab
         XCTAssertThrowsError(try Converter.convert(input: dir + "/m.pt", output: dir + "/m.pt", options: o))
-        XCTAssertEqual(FileManager.default.contents(atPath: dir + "/m.pt"), FileManager.default.contents(atPath: Paths.golden("liteclip2.pt")))
+        XCTAssertEqual(FileManager.default.contents(atPath: dir + "/m.pt"), FileManager.default.contents(atPath: Fixtures.golden("liteclip2.pt")))
     }
 }

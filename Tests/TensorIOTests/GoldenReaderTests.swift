@@ -1,5 +1,6 @@
 import XCTest
 @testable import TensorIO
+import TestSupport
 
 /// Every tensor of every golden file, read through our readers, equals what PyTorch wrote
 /// (SHA-256 of the contiguous little-endian bytes, and values for the small cases).

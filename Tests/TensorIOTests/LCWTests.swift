@@ -1,5 +1,6 @@
 import XCTest
 @testable import TensorIO
+import TestSupport
 
 /// `.lcw` round trips, the atomic writer, and hostile-inputs.md items 23-27.
 final class LCWTests: XCTestCase {

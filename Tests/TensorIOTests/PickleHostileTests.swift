@@ -1,5 +1,6 @@
 import XCTest
 @testable import TensorIO
+import TestSupport
 
 /// hostile-inputs.md items 1-9: the pickle interpreter refuses, never executes, never crashes.
 final class PickleHostileTests: XCTestCase {

@@ -1,5 +1,6 @@
 import XCTest
 @testable import TensorIO
+import TestSupport
 
 final class SHA256Tests: XCTestCase {
     private func digest(_ s: String) -> String { SHA256.hexDigest(of: Array(s.utf8)) }

@@ -1,5 +1,6 @@
 import XCTest
 @testable import TensorIO
+import TestSupport
 
 /// Builds safetensors files in memory: 8-byte LE header length, header bytes, data.
 private enum ST {

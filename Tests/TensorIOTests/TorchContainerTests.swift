@@ -1,5 +1,6 @@
 import XCTest
 @testable import TensorIO
+import TestSupport
 
 /// hostile-inputs.md items 4, 10-17 on crafted archives and legacy streams.
 final class TorchContainerTests: XCTestCase {
@@ -93,5 +94,27 @@ final class TorchContainerTests: XCTestCase {
         assertReadError(.badLegacyHeader, "protocol") { try read(q.bytes + r.bytes) }
         // Magic then nothing.
         assertReadError(.truncated, "truncated") { try read(q.bytes) }
+    }
+
+    /// hostile-inputs.md 16: a DEFLATED entry is inflated with an output cap equal to its
+    /// declared size; one that inflates to more (or less) is an error, not an overrun.
+    func testDeflatedEntryThatLiesAboutItsSize() throws {
+        let file = Array(try Data(contentsOf: URL(fileURLWithPath: Fixtures.golden("cases/deflated.pt"))))
+        let name = Array("views/data.pkl".utf8)
+        var central = -1
+        for i in 0..<(file.count - 46 - name.count)
+        where file[i..<(i + 4)].elementsEqual([0x50, 0x4B, 0x01, 0x02]) && file[(i + 46)..<(i + 46 + name.count)].elementsEqual(name) {
+            central = i
+        }
+        XCTAssertGreaterThan(central, 0)
+        let local = Int(file[(central + 42)..<(central + 46)].withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) })
+        let size = file[(central + 24)..<(central + 28)].withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }
+        for delta in [-16, 16] {
+            var b = file
+            let lie = le32(UInt32(Int(size) + delta))
+            b.replaceSubrange((central + 24)..<(central + 28), with: lie)   // central directory
+            b.replaceSubrange((local + 22)..<(local + 26), with: lie)       // local header agrees
+            assertAnyReadError("declared size off by \(delta)") { let c = try read(b); try loadAll(c) }
+        }
     }
 }

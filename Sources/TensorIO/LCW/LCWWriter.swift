@@ -41,6 +41,7 @@ public enum LCWWriter {
                     throw ReadError(.shapeMismatch, file: path, place: "tensor '\(t.name)'", "loader produced \(bytes.count) bytes, expected \(want)")
                 }
                 try bytes.withBytes { try out.write($0) }
+                bytes.releasePages()   // streamed: keep resident memory to about one tensor
                 try out.writeZeros(dataStart + LCW.align(out.bytesWritten - dataStart) - out.bytesWritten)
                 progress?(out.bytesWritten - dataStart, dataLength)
             }

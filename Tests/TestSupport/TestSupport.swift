@@ -1,29 +1,38 @@
 import Foundation
+import TensorIO
 import XCTest
-@testable import TensorIO
+
+// Shared by every test target: paths to the golden fixtures, error assertions, and builders
+// for crafting hostile pickles and zip archives.
 
 // MARK: - Paths and the golden manifest
 
-enum Fixtures {
+public enum Fixtures {
     /// The repository root, found from this file's location.
-    static let root: String = {
+    public static let root: String = {
         var url = URL(fileURLWithPath: #filePath)
         for _ in 0..<3 { url.deleteLastPathComponent() }
         return url.path
     }()
 
-    static func golden(_ rel: String) -> String { root + "/golden/" + rel }
+    public static func golden(_ rel: String) -> String { root + "/golden/" + rel }
+
+    /// The seed's tokenizer files, from ../shared (never copied into the tree);
+    /// `LITECLIP_SEED` overrides the location.
+    public static let seed = ProcessInfo.processInfo.environment["LITECLIP_SEED"] ?? (root + "/../shared/liteclip-seed")
+    public static let vocab = seed + "/model/vocab.txt"
 
     /// `golden/manifest.json`, written by golden/generate.py.
-    static let manifest: [String: Any] = {
+    public static let manifest: [String: Any] = {
         let data = FileManager.default.contents(atPath: golden("manifest.json"))!
         return try! JSONSerialization.jsonObject(with: data) as! [String: Any]
     }()
 
-    static func entry(_ rel: String) -> [String: Any] { manifest[rel] as! [String: Any] }
-    static func tensors(_ rel: String) -> [[String: Any]] { entry(rel)["tensors"] as! [[String: Any]] }
+    public static func entry(_ rel: String) -> [String: Any] { manifest[rel] as! [String: Any] }
+    public static func tensors(_ rel: String) -> [[String: Any]] { entry(rel)["tensors"] as! [[String: Any]] }
 
-    static func tempDir() -> String {
+    /// A fresh, empty temporary folder.
+    public static func tempDir() -> String {
         let p = NSTemporaryDirectory() + "liteclip-tests-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         try! FileManager.default.createDirectory(atPath: p, withIntermediateDirectories: true)
         return p
@@ -33,7 +42,7 @@ enum Fixtures {
 // MARK: - Assertions
 
 /// Runs `body`, which must throw a `ReadError` with `code`; prints the error either way.
-func assertReadError<T>(_ code: ReadError.Code, _ what: String = "", file: StaticString = #filePath, line: UInt = #line,
+public func assertReadError<T>(_ code: ReadError.Code, _ what: String = "", file: StaticString = #filePath, line: UInt = #line,
                         _ body: () throws -> T) {
     do {
         _ = try body()
@@ -47,7 +56,7 @@ func assertReadError<T>(_ code: ReadError.Code, _ what: String = "", file: Stati
 }
 
 /// Runs `body`, which must throw some `ReadError` (any code) and must not crash.
-func assertAnyReadError<T>(_ what: String, file: StaticString = #filePath, line: UInt = #line, _ body: () throws -> T) {
+public func assertAnyReadError<T>(_ what: String, file: StaticString = #filePath, line: UInt = #line, _ body: () throws -> T) {
     do {
         _ = try body()
         XCTFail("\(what): expected a ReadError, but it succeeded", file: file, line: line)
@@ -57,34 +66,35 @@ func assertAnyReadError<T>(_ what: String, file: StaticString = #filePath, line:
     }
 }
 
-func source(_ bytes: [UInt8], _ name: String = "crafted") -> ByteSource { ByteSource(copying: bytes, name: name) }
+public func source(_ bytes: [UInt8], _ name: String = "crafted") -> ByteSource { ByteSource(copying: bytes, name: name) }
 
 // MARK: - Crafting pickles
 
 /// Builds pickle byte streams opcode by opcode for hostile-input tests.
-struct PickleBuilder {
-    var bytes: [UInt8] = [0x80, 0x02]
+public struct PickleBuilder {
+    public var bytes: [UInt8] = [0x80, 0x02]
+    public init() {}
 
-    mutating func op(_ b: UInt8...) { bytes += b }
-    mutating func global(_ module: String, _ name: String) { bytes += [0x63] + Array("\(module)\n\(name)\n".utf8) }
-    mutating func str(_ s: String) { let u = Array(s.utf8); bytes += [0x58] + le32(UInt32(u.count)) + u }
-    mutating func int(_ v: Int32) { bytes += [0x4A] + le32(UInt32(bitPattern: v)) }
-    mutating func mark() { op(0x28) }
-    mutating func stop() { op(0x2E) }
-    mutating func tuple() { op(0x74) }
-    mutating func reduce() { op(0x52) }
-    mutating func emptyDict() { op(0x7D) }
-    mutating func emptyList() { op(0x5D) }
-    mutating func emptyTuple() { op(0x29) }
-    mutating func orderedDict() { global("collections", "OrderedDict"); emptyTuple(); reduce() }
+    public mutating func op(_ b: UInt8...) { bytes += b }
+    public mutating func global(_ module: String, _ name: String) { bytes += [0x63] + Array("\(module)\n\(name)\n".utf8) }
+    public mutating func str(_ s: String) { let u = Array(s.utf8); bytes += [0x58] + le32(UInt32(u.count)) + u }
+    public mutating func int(_ v: Int32) { bytes += [0x4A] + le32(UInt32(bitPattern: v)) }
+    public mutating func mark() { op(0x28) }
+    public mutating func stop() { op(0x2E) }
+    public mutating func tuple() { op(0x74) }
+    public mutating func reduce() { op(0x52) }
+    public mutating func emptyDict() { op(0x7D) }
+    public mutating func emptyList() { op(0x5D) }
+    public mutating func emptyTuple() { op(0x29) }
+    public mutating func orderedDict() { global("collections", "OrderedDict"); emptyTuple(); reduce() }
 
     /// `('storage', torch.<cls>, key, 'cpu', numel)` + BINPERSID.
-    mutating func storage(_ cls: String, key: String, numel: Int32) {
+    public mutating func storage(_ cls: String, key: String, numel: Int32) {
         mark(); str("storage"); global("torch", cls); str(key); str("cpu"); int(numel); tuple(); op(0x51)
     }
 
     /// `_rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict())`.
-    mutating func tensor(_ cls: String, key: String, numel: Int32, offset: Int32, size: [Int32], stride: [Int32]) {
+    public mutating func tensor(_ cls: String, key: String, numel: Int32, offset: Int32, size: [Int32], stride: [Int32]) {
         global("torch._utils", "_rebuild_tensor_v2")
         mark()
         storage(cls, key: key, numel: numel)
@@ -98,13 +108,13 @@ struct PickleBuilder {
     }
 }
 
-func le32(_ v: UInt32) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
-func le16(_ v: UInt16) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
-func le64(_ v: UInt64) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
+public func le32(_ v: UInt32) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
+public func le16(_ v: UInt16) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
+public func le64(_ v: UInt64) -> [UInt8] { withUnsafeBytes(of: v.littleEndian) { Array($0) } }
 
 // MARK: - Crafting zip archives
 
-func crc32(_ data: [UInt8]) -> UInt32 {
+public func crc32(_ data: [UInt8]) -> UInt32 {
     var table = [UInt32](repeating: 0, count: 256)
     for i in 0..<256 {
         var c = UInt32(i)
@@ -117,13 +127,14 @@ func crc32(_ data: [UInt8]) -> UInt32 {
 }
 
 /// A minimal STORED zip writer (no zip64) for building torch-like archives in tests.
-struct ZipBuilder {
-    var entries: [(name: String, data: [UInt8])] = []
+public struct ZipBuilder {
+    public var entries: [(name: String, data: [UInt8])] = []
+    public init() {}
 
-    mutating func add(_ name: String, _ data: [UInt8]) { entries.append((name, data)) }
+    public mutating func add(_ name: String, _ data: [UInt8]) { entries.append((name, data)) }
 
     /// - Parameter patchCentral: edits a central-directory record (entry index, record bytes).
-    func build(patchCentral: ((Int, inout [UInt8]) -> Void)? = nil) -> [UInt8] {
+    public func build(patchCentral: ((Int, inout [UInt8]) -> Void)? = nil) -> [UInt8] {
         var out: [UInt8] = []
         var central: [UInt8] = []
         for (i, e) in entries.enumerated() {
@@ -148,7 +159,7 @@ struct ZipBuilder {
 }
 
 /// A well-formed torch-style zip holding a one-tensor state dict {"w": f32[2,3]} unless told otherwise.
-func torchZip(folder: String = "archive", pickle: [UInt8]? = nil, storages: [String: [UInt8]]? = nil,
+public func torchZip(folder: String = "archive", pickle: [UInt8]? = nil, storages: [String: [UInt8]]? = nil,
               extra: [(String, [UInt8])] = [], byteorder: String? = "little") -> ZipBuilder {
     var z = ZipBuilder()
     var p = PickleBuilder()
@@ -169,5 +180,7 @@ func torchZip(folder: String = "archive", pickle: [UInt8]? = nil, storages: [Str
 }
 
 extension TensorBytes {
-    var floats: [Float] { withBytes { b in (0..<(count / 4)).map { Float(bitPattern: b.le32($0 * 4)) } } }
+    public var floats: [Float] {
+        withBytes { b in (0..<(count / 4)).map { Float(bitPattern: UInt32(littleEndian: b.loadUnaligned(fromByteOffset: $0 * 4, as: UInt32.self))) } }
+    }
 }
