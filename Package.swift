@@ -16,11 +16,20 @@ let package = Package(
         // libzip from Debian (libzip-dev), found through pkg-config.
         .systemLibrary(name: "CZip", path: "Sources/CZip", pkgConfig: "libzip",
                        providers: [.apt(["libzip-dev"])]),
+        // OpenBLAS (libopenblas-dev): sgemm for every matrix product.
+        .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
+                       providers: [.apt(["libopenblas-dev"])]),
+        // libjpeg-turbo's TurboJPEG API (libturbojpeg0-dev) and libpng (libpng-dev).
+        .systemLibrary(name: "CTurboJPEG", path: "Sources/CTurboJPEG", pkgConfig: "libturbojpeg",
+                       providers: [.apt(["libturbojpeg0-dev"])]),
+        .systemLibrary(name: "CPNG", path: "Sources/CPNG", pkgConfig: "libpng",
+                       providers: [.apt(["libpng-dev"])]),
         // Readers and writers of every tensor container we support (.pt zip and legacy,
         // safetensors, .lcw). Knows nothing about liteCLIP.
         .target(name: "TensorIO", dependencies: ["CZip"]),
-        // The liteCLIP model: config, parameter set, mapping a checkpoint onto it, conversion.
-        .target(name: "LiteCLIP", dependencies: ["TensorIO"]),
+        // The liteCLIP model: config, parameter set, mapping a checkpoint onto it, conversion,
+        // tokenizer, image pipeline, and the native forward pass.
+        .target(name: "LiteCLIP", dependencies: ["TensorIO", "CBLAS", "CTurboJPEG", "CPNG"]),
         .executableTarget(name: "liteclip-convert", dependencies: [
             "LiteCLIP", "TensorIO",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
