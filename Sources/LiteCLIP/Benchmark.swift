@@ -1,0 +1,86 @@
+import Foundation
+
+/// Inference benchmark workloads (issue 3): the same inputs the PyTorch/ONNX Runtime script
+/// (scripts/bench_reference.py) uses, so the figures of one run can be compared as ratios.
+public enum InferenceBenchmark {
+    public struct Result {
+        public let name: String
+        public let seconds: Double      // best of the timed repetitions
+        public let gflop: Double
+        public var gflops: Double { gflop / seconds }
+    }
+
+    /// Deterministic inputs shared with the Python side: pixels from a fixed LCG, and captions.
+    public static func pixels(batch: Int, size: Int = 224) -> [Float] {
+        var state: UInt32 = 12345
+        return (0..<(batch * 3 * size * size)).map { _ in
+            state = state &* 1_664_525 &+ 1_013_904_223
+            return Float(state >> 8) / Float(1 << 24) * 4 - 2
+        }
+    }
+
+    public static let captions = [
+        "a black dog is running through the grass", "two children play on a sandy beach near the water",
+        "a man in a red jacket climbs a steep rock face", "a girl with a pink umbrella walks down a rainy street",
+        "a brown and white dog jumps over a fence", "people sit at tables outside a cafe",
+        "a cyclist rides along a mountain road at sunset", "a cat sleeps on a sunny windowsill",
+    ]
+
+    public static func texts(batch: Int) -> [String] { (0..<batch).map { captions[$0 % captions.count] } }
+
+    /// Multiply-adds x 2 of the image tower for one image.
+    public static func imageFlops(_ c: ConvNeXtConfig, size: Int = 224) -> Double {
+        var f = 0.0
+        var hw = Double(size / c.patchSize * size / c.patchSize)
+        f += 2 * hw * Double(c.dims[0] * c.inChannels * c.patchSize * c.patchSize)
+        for (i, (d, depth)) in zip(c.dims, c.depths).enumerated() {
+            if i > 0 { hw /= 4; f += 2 * hw * Double(d * c.dims[i - 1] * 4) }
+            let block = 2 * hw * Double(d) * Double(c.kernelSize * c.kernelSize) + 2 * 2 * hw * Double(d * d * c.mlpRatio)
+            f += Double(depth) * block
+        }
+        return f
+    }
+
+    /// Multiply-adds x 2 of the text tower for `tokens` real tokens in one sequence.
+    public static func textFlops(_ c: BertConfig, tokens t: Int) -> Double {
+        let h = Double(c.hiddenSize), i = Double(c.intermediateSize), n = Double(t)
+        let perLayer = 2 * n * (4 * h * h + 2 * h * i) + 2 * 2 * n * n * h
+        return Double(c.numHiddenLayers) * perLayer
+    }
+
+    public static func time(_ reps: Int, _ body: () -> Void) -> Double {
+        body()   // warm-up
+        var best = Double.infinity
+        for _ in 0..<reps {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            body()
+            best = min(best, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+        }
+        return best
+    }
+
+    public static func run(model m: LiteCLIPModel, reps: Int = 3) -> [Result] {
+        var out: [Result] = []
+        for b in [1, 8] {
+            let px = pixels(batch: b)
+            let s = time(reps) { _ = m.imageEmbeddings(pixels: px, batch: b) }
+            out.append(Result(name: "image tower, batch \(b)", seconds: s, gflop: Double(b) * imageFlops(m.config.image) / 1e9))
+        }
+        for b in [8, 64] {
+            // Padded to 128 as the seed does; the flops counted are those actually computed
+            // (up to the longest caption: the padded positions are exactly irrelevant).
+            let tok = m.tokenizer.encodeBatch(texts(batch: b))
+            let s = time(reps) { _ = m.textEmbeddings(tok) }
+            out.append(Result(name: "text tower, batch \(b), length 128", seconds: s,
+                              gflop: Double(b) * textFlops(m.config.text, tokens: tok.lengths.max() ?? 0) / 1e9))
+        }
+        let px = pixels(batch: 3)
+        let tok = m.tokenizer.encodeBatch(Array(captions.prefix(4)))
+        let s = time(reps) {
+            _ = m.logits(imageEmbeddings: m.imageEmbeddings(pixels: px, batch: 3), textEmbeddings: m.textEmbeddings(tok))
+        }
+        out.append(Result(name: "full forward, 3 images + 4 texts", seconds: s,
+                          gflop: (3 * imageFlops(m.config.image) + 4 * textFlops(m.config.text, tokens: tok.lengths.max() ?? 0)) / 1e9))
+        return out
+    }
+}

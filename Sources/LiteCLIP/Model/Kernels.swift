@@ -1,0 +1,245 @@
+import CBLAS
+import Dispatch
+import Foundation
+
+/// The numeric kernels of the forward pass: OpenBLAS sgemm for every matrix product, and
+/// SIMD loops (split over both cores) for the element-wise and normalisation work.
+///
+/// Layouts: images are channels-first per batch, `[C][B*H*W]` ("planes"), so a pointwise
+/// (1x1) layer is one sgemm `W[Cout x Cin] * X[Cin x P]` and the depthwise conv works on
+/// contiguous planes; text is row-major `[B*T][H]`.
+public enum Kernels {
+    /// Work split over the cores: `body` gets disjoint ranges of `0..<count`.
+    static func parallelFor(_ count: Int, grain: Int = 1, _ body: (Range<Int>) -> Void) {
+        let threads = min(ProcessInfo.processInfo.activeProcessorCount, max(1, count / max(grain, 1)))
+        if threads <= 1 { body(0..<count); return }
+        let chunk = (count + threads - 1) / threads
+        DispatchQueue.concurrentPerform(iterations: threads) { t in
+            let lo = t * chunk, hi = min(count, lo + chunk)
+            if lo < hi { body(lo..<hi) }
+        }
+    }
+
+    // MARK: - Matrix products
+
+    /// `C[M x N] = A[M x K] * op(B) (+ C if accumulate)`, row-major; `transB` means B is stored
+    /// `[N x K]` (a PyTorch Linear weight).
+    static func gemm(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>,
+                     m: Int, n: Int, k: Int, transA: Bool = false, transB: Bool = false, accumulate: Bool = false) {
+        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+                    Int32(m), Int32(n), Int32(k), 1, a, Int32(transA ? m : k), b, Int32(transB ? k : n),
+                    accumulate ? 1 : 0, c, Int32(n))
+    }
+
+    /// `Y[rows x out] = X[rows x in] * W^T + b` (nn.Linear on row-major activations).
+    static func linear(_ x: UnsafePointer<Float>, rows: Int, weight: Tensor, bias: Tensor?, into y: UnsafeMutablePointer<Float>) {
+        let out = weight.shape[0], inp = weight.shape[1]
+        if let bias {
+            for r in 0..<rows { (y + r * out).update(from: bias.data, count: out) }
+        }
+        gemm(x, weight.data, y, m: rows, n: out, k: inp, transB: true, accumulate: bias != nil)
+    }
+
+    /// Channels-first pointwise layer: `Y[out x P] = W[out x in] * X[in x P] + b` (bias per row).
+    static func pointwise(_ x: UnsafePointer<Float>, columns p: Int, weight: Tensor, bias: Tensor, into y: UnsafeMutablePointer<Float>) {
+        let out = weight.shape[0], inp = weight.shape[1]
+        parallelFor(out, grain: 8) { rows in
+            for r in rows { (y + r * p).update(repeating: bias.data[r], count: p) }
+        }
+        gemm(weight.data, x, y, m: out, n: p, k: inp, accumulate: true)
+    }
+
+    /// `y[r][j] = gelu(y[r][j] + bias[r])` over `rows x columns`, one pass.
+    static func biasGELU(_ y: UnsafeMutablePointer<Float>, rows: Int, columns: Int, bias: Tensor) {
+        parallelFor(rows, grain: 2) { range in
+            for r in range {
+                let row = y + r * columns, b = SIMD8<Float>(repeating: bias.data[r])
+                let raw = UnsafeMutableRawPointer(row)
+                var j = 0
+                while j + 8 <= columns {
+                    let v = raw.loadUnaligned(fromByteOffset: j * 4, as: SIMD8<Float>.self) + b
+                    raw.storeBytes(of: geluVector(v), toByteOffset: j * 4, as: SIMD8<Float>.self)
+                    j += 8
+                }
+                while j < columns { row[j] = geluVector(SIMD8<Float>(repeating: row[j] + bias.data[r]))[0]; j += 1 }
+            }
+        }
+    }
+
+    /// `y[r][j] += bias[r]`.
+    static func addRowBias(_ y: UnsafeMutablePointer<Float>, rows: Int, columns: Int, bias: Tensor) {
+        parallelFor(rows, grain: 4) { range in
+            for r in range {
+                let row = y + r * columns, b = bias.data[r]
+                for j in 0..<columns { row[j] += b }
+            }
+        }
+    }
+
+    // MARK: - GELU (exact, erf form)
+
+    /// `0.5 x (1 + erf(x / sqrt 2))`, in place, as `nn.GELU()` and BERT's "gelu".
+    ///
+    /// erf uses the rational approximation `x P(x^2) / Q(x^2)` on [-4, 4] (the same form
+    /// Eigen and XLA use for float32; error about 1e-7 absolute), vectorised 8 wide.
+    static func gelu(_ x: UnsafeMutablePointer<Float>, count: Int) {
+        parallelFor(count, grain: 1 << 15) { range in
+            var i = range.lowerBound
+            let raw = UnsafeMutableRawPointer(x)
+            while i + 8 <= range.upperBound {
+                let v = raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+                raw.storeBytes(of: geluVector(v), toByteOffset: i * 4, as: SIMD8<Float>.self)
+                i += 8
+            }
+            while i < range.upperBound {
+                x[i] = geluVector(SIMD8<Float>(repeating: x[i]))[0]
+                i += 1
+            }
+        }
+    }
+
+    @inline(__always)
+    static func geluVector(_ v: SIMD8<Float>) -> SIMD8<Float> {
+        0.5 * v * (1 + erf8(v * 0.70710678118654752))
+    }
+
+    @inline(__always)
+    static func erf8(_ xIn: SIMD8<Float>) -> SIMD8<Float> {
+        let x = xIn.clamped(lowerBound: SIMD8(repeating: -4), upperBound: SIMD8(repeating: 4))
+        let x2 = x * x
+        var p = SIMD8<Float>(repeating: -2.72614225801306e-10)
+        p = p * x2 + 2.77068142495902e-08
+        p = p * x2 + -2.10102402082508e-06
+        p = p * x2 + -5.69250639462346e-05
+        p = p * x2 + -7.34990630326855e-04
+        p = p * x2 + -2.95459980854025e-03
+        p = p * x2 + -1.60960333262415e-02
+        var q = SIMD8<Float>(repeating: -1.45660718464996e-05)
+        q = q * x2 + -2.13374055278905e-04
+        q = q * x2 + -1.68282697438203e-03
+        q = q * x2 + -7.37332916720468e-03
+        q = q * x2 + -1.42647390514189e-02
+        return x * p / q
+    }
+
+    // MARK: - LayerNorm
+
+    /// LayerNorm over the last dimension of row-major `[rows x n]`, in place or into `y`.
+    /// `y = (x - mean) / sqrt(var + eps) * w + b`, biased variance, as `nn.LayerNorm`.
+    static func layerNormRows(_ x: UnsafePointer<Float>, rows: Int, n: Int, weight: Tensor, bias: Tensor, eps: Float,
+                              into y: UnsafeMutablePointer<Float>) {
+        parallelFor(rows, grain: max(1, 4096 / max(n, 1))) { range in
+            for r in range {
+                let xr = x + r * n, yr = y + r * n
+                var mean: Float = 0
+                for i in 0..<n { mean += xr[i] }
+                mean /= Float(n)
+                var v: Float = 0
+                for i in 0..<n { let d = xr[i] - mean; v += d * d }
+                let rstd = 1 / (v / Float(n) + eps).squareRoot()
+                for i in 0..<n { yr[i] = (xr[i] - mean) * rstd * weight.data[i] + bias.data[i] }
+            }
+        }
+    }
+
+    /// LayerNorm over channels of channels-first planes `[C x P]` (timm's LayerNorm2d and the
+    /// ConvNeXt block norm): for each column p, normalise x[0..<C][p]. Vectorised along p.
+    static func layerNormChannels(_ x: UnsafePointer<Float>, channels c: Int, columns p: Int, weight: Tensor, bias: Tensor,
+                                  eps: Float, into y: UnsafeMutablePointer<Float>) {
+        parallelFor(p, grain: 512) { range in
+            let w = range.count
+            var mean = [Float](repeating: 0, count: w), sq = [Float](repeating: 0, count: w)
+            mean.withUnsafeMutableBufferPointer { m in
+                sq.withUnsafeMutableBufferPointer { s in
+                    let lo = range.lowerBound
+                    for ch in 0..<c {
+                        let row = x + ch * p + lo
+                        for j in 0..<w { m[j] += row[j] }
+                    }
+                    let inv = 1 / Float(c)
+                    for j in 0..<w { m[j] *= inv }
+                    for ch in 0..<c {
+                        let row = x + ch * p + lo
+                        for j in 0..<w { let d = row[j] - m[j]; s[j] += d * d }
+                    }
+                    for j in 0..<w { s[j] = 1 / (s[j] * inv + eps).squareRoot() }
+                    for ch in 0..<c {
+                        let row = x + ch * p + lo, out = y + ch * p + lo
+                        let g = weight.data[ch], b = bias.data[ch]
+                        for j in 0..<w { out[j] = (row[j] - m[j]) * s[j] * g + b }
+                    }
+                }
+            }
+        }
+    }
+
+    // MARK: - Convolutions (channels-first planes)
+
+    /// Depthwise k x k convolution, stride 1, zero padding k/2, per (channel, image) plane of
+    /// `h x w`: `y[c][b] = conv(x[c][b], weight[c]) + bias[c]`. Planes are `[C][B][H*W]`.
+    static func depthwiseConv(_ x: UnsafePointer<Float>, channels: Int, batch: Int, h: Int, w: Int,
+                              weight: Tensor, bias: Tensor, into y: UnsafeMutablePointer<Float>) {
+        let k = weight.shape[2], pad = k / 2
+        let pw = w + 2 * pad, ph = h + 2 * pad
+        parallelFor(channels * batch, grain: 1) { range in
+            var padded = [Float](repeating: 0, count: ph * pw)
+            padded.withUnsafeMutableBufferPointer { pbuf in
+                let pp = pbuf.baseAddress!
+                for plane in range {
+                    let c = plane / batch
+                    let src = x + plane * h * w, dst = y + plane * h * w
+                    for r in 0..<h { (pp + (r + pad) * pw + pad).update(from: src + r * w, count: w) }
+                    let kw = weight.data + c * k * k
+                    let b = bias.data[c]
+                    for r in 0..<h {
+                        let out = dst + r * w
+                        out.update(repeating: b, count: w)
+                        for ky in 0..<k {
+                            let inRow = pp + (r + ky) * pw
+                            for kx in 0..<k {
+                                let wv = kw[ky * k + kx]
+                                let inp = inRow + kx
+                                var j = 0
+                                while j + 8 <= w {
+                                    let o = UnsafeMutableRawPointer(out + j).loadUnaligned(as: SIMD8<Float>.self)
+                                    let v = UnsafeRawPointer(inp + j).loadUnaligned(as: SIMD8<Float>.self)
+                                    UnsafeMutableRawPointer(out + j).storeBytes(of: o + wv * v, as: SIMD8<Float>.self)
+                                    j += 8
+                                }
+                                while j < w { out[j] += wv * inp[j]; j += 1 }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Patchify convolution with kernel = stride = s (ConvNeXt stem and downsampling):
+    /// im2col into `[Cin*s*s x B*Ho*Wo]`, then one sgemm with the weight `[Cout x Cin*s*s]`.
+    /// Input planes `[Cin][B][H*W]`, output planes `[Cout][B][Ho*Wo]`.
+    static func patchConv(_ x: UnsafePointer<Float>, inChannels cin: Int, batch: Int, h: Int, w: Int, stride s: Int,
+                          weight: Tensor, bias: Tensor, into y: UnsafeMutablePointer<Float>) {
+        let ho = h / s, wo = w / s, cols = batch * ho * wo
+        let kdim = cin * s * s
+        var col = [Float](repeating: 0, count: kdim * cols)
+        col.withUnsafeMutableBufferPointer { cb in
+            let cp = cb.baseAddress!
+            parallelFor(kdim, grain: 1) { rows in
+                for row in rows {
+                    let ci = row / (s * s), ky = (row / s) % s, kx = row % s
+                    let dst = cp + row * cols
+                    for b in 0..<batch {
+                        let plane = x + (ci * batch + b) * h * w
+                        for oy in 0..<ho {
+                            let src = plane + (oy * s + ky) * w + kx
+                            let d = dst + (b * ho + oy) * wo
+                            for ox in 0..<wo { d[ox] = src[ox * s] }
+                        }
+                    }
+                }
+            }
+            pointwise(cp, columns: cols, weight: Tensor(shape: [weight.shape[0], kdim], sharing: weight), bias: bias, into: y)
+        }
+    }
+}
