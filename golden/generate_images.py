@@ -67,7 +67,7 @@ TO_TENSOR_NORMALIZE = T.Compose([T.ToTensor(), T.Normalize(mean=MEAN, std=STD)])
 GEOMETRY = {
     "jpeg_baseline_240x320.jpg",      # portrait, both passes downscale, 4:2:0
     "jpeg_progressive_333x250.jpg",   # landscape, odd width, progressive 4:2:2
-    "png_rgb_224x229.png",            # short side exactly 224: no resize; crop top = round(2.5) = 2
+    "jpeg_tall_250x700.jpg",          # tall portrait: Pillow 13 runs the vertical pass first
     "png_rgb_50x30.png",              # tiny: upscaling in both passes; crop left = round(74.5) = 74
     "jpeg_wide_1000x240.jpg",         # very wide: 933x224, crop left = round(354.5) = 354
     "png_interlaced_131x97.png",      # Adam7, odd sizes, upscaling
@@ -184,13 +184,14 @@ def make_images(out):
     save("jpeg_baseline_240x320.jpg", lambda p: Image.fromarray(content(rng, 320, 240, 3)).save(p, quality=90))
     save("jpeg_progressive_333x250.jpg", lambda p: Image.fromarray(content(rng, 250, 333, 3)).save(
         p, quality=88, progressive=True, subsampling=1))
+    save("jpeg_tall_250x700.jpg", lambda p: Image.fromarray(content(rng, 700, 250, 3)).save(p, quality=85))
     save("jpeg_wide_1000x240.jpg", lambda p: Image.fromarray(content(rng, 240, 1000, 3, sigma=2.0)).save(
         p, quality=80, subsampling=2))
     save("jpeg_gray_97x61.jpg", lambda p: Image.fromarray(content(rng, 61, 97, 1)[..., 0], "L").save(p, quality=92))
     save("jpeg_cmyk_64x80.jpg", lambda p: Image.fromarray(content(rng, 80, 64, 4), "CMYK").save(p, quality=90))
 
     # PNG (Pillow's encoder)
-    save("png_rgb_224x229.png", lambda p: Image.fromarray(content(rng, 229, 224, 3, sigma=1.5)).save(p))
+    save("png_rgb_224x229.png", lambda p: Image.fromarray(content(rng, 229, 224, 3, sigma=1.5)).save(p))   # crop top round(2.5) = 2
     save("png_rgba_70x52.png", lambda p: Image.fromarray(content(rng, 52, 70, 4), "RGBA").save(p))
     save("png_grey_75x50.png", lambda p: Image.fromarray(content(rng, 50, 75, 1)[..., 0], "L").save(p))
     save("png_grey_alpha_60x66.png", lambda p: Image.fromarray(content(rng, 66, 60, 2), "LA").save(p))

@@ -398,21 +398,3 @@ struct SplitMix {
         return z ^ (z >> 31)
     }
 }
-
-final class TemporaryRandomSizes: XCTestCase {
-    func testRandomSizes() throws {
-        let pre = ImagePreprocessor(.seed)
-        var bad = 0
-        for f in try FileManager.default.contentsOfDirectory(atPath: "/tmp/rs").sorted() where f.hasSuffix(".png") {
-            let img = try ImageDecoder.decode(path: "/tmp/rs/" + f)
-            let want = Array(FileManager.default.contents(atPath: "/tmp/rs/" + f.replacingOccurrences(of: ".png", with: ".crop"))!)
-            let got = pre.resizeAndCrop(img).pixels
-            let diff = zip(got, want).filter { $0 != $1 }.count
-            if diff > 0 { bad += 1; print("RANDOM \(f) \(img.width)x\(img.height): \(diff) bytes differ")
-                FileManager.default.createFile(atPath: "/tmp/rs/" + f + ".ours", contents: Data(got))
-                FileManager.default.createFile(atPath: "/tmp/rs/" + f + ".decoded", contents: Data(img.pixels)) }
-        }
-        print("RANDOM done, bad \(bad)")
-        XCTAssertEqual(bad, 0)
-    }
-}

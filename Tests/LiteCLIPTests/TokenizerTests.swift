@@ -168,5 +168,4 @@ final class TokenizerTests: XCTestCase {
         XCTAssertFalse(BertUnicode.isChinese(0x2B820))
     }
 
-    /// Thousands of captions must tokenize quickly (single thread).
 }

@@ -6,7 +6,7 @@ import Foundation
 /// Pillow's convolution resampling (`Image.resize` with BICUBIC and friends), bit for bit, for
 /// 8-bit RGB. Port of: Pillow src/libImaging/Resample.c (`precompute_coeffs`,
 /// `normalize_coeffs_8bpc`, `ImagingResampleHorizontal_8bpc` / `Vertical_8bpc`,
-/// `ImagingResampleInner`).
+/// `ImagingResampleInner`), as of Pillow 13.0.
 ///
 /// For each output index `o` along an axis of `inSize -> outSize` (all in double):
 /// ```
@@ -18,11 +18,14 @@ import Foundation
 /// k[i]    = trunc(w[i] * 2^22 +- 0.5)                        (PRECISION_BITS = 32 - 8 - 2)
 /// out     = clamp((2^21 + sum(k[i] * in[xmin + i])) >> 22, 0, 255)   in Int32
 /// ```
-/// The horizontal pass runs first, on the input rows the vertical pass needs, and its result
-/// is clipped to 8 bits; a pass whose size does not change is skipped (an identity pass would
-/// give the same bytes anyway). Every output pixel depends only on its own coefficients, so
-/// computing just a window of the output (the center crop) gives the same bytes as PIL's
-/// full resize followed by the crop.
+/// The first pass's result is clipped to 8 bits before the second pass, so the order matters.
+/// Pillow 13 runs the horizontal pass first (on the input rows the vertical pass reads), except
+/// when the height loses more than twice as many pixels as the width
+/// (`inH - outH > 0 && inH - outH > 2 * (inW - outW)`, e.g. portraits taller than about 2:1),
+/// where the vertical pass runs first. A pass whose size does not change is skipped (an
+/// identity pass would give the same bytes anyway). Every output pixel depends only on its own
+/// coefficients, so computing just a window of the output (the center crop) gives the same
+/// bytes as PIL's full resize followed by the crop.
 enum ResampleFilter: String, Sendable, CaseIterable {
     case bicubic, bilinear, box, hamming, lanczos
 
@@ -175,92 +178,108 @@ enum Resampler {
         let needV = outHeight != inH
         let cw = cols.count, ch = rows.count
         guard cw > 0, ch > 0 else { return [] }
-
-        // Input rows the vertical pass reads (all of `rows` when it is skipped).
+        let hTable = needH ? ResampleTable.cached(inSize: inW, outSize: outWidth, outputs: cols, filter: filter) : nil
         let vTable = needV ? ResampleTable.cached(inSize: inH, outSize: outHeight, outputs: rows, filter: filter) : nil
-        let rowSpan = vTable?.inputSpan ?? rows
-        let tmpStride = cw * 3
+        // Pillow 13 runs the vertical pass first when the height loses more than twice as many
+        // pixels as the width ("to make the horizontal pass faster"); the order changes the
+        // result, because the intermediate image is rounded to 8 bits.
+        let verticalFirst = inH - outHeight > 0 && inH - outHeight > (inW - outWidth) * 2
 
-        // Horizontal pass: rowSpan x cols, 8-bit.
-        var tmp = [UInt8](repeating: 0, count: rowSpan.count * tmpStride)
-        image.pixels.withUnsafeBufferPointer { src in
-            tmp.withUnsafeMutableBufferPointer { dst in
-                let s = src.baseAddress!, d = dst.baseAddress!
-                if needH {
-                    let hTable = ResampleTable.cached(inSize: inW, outSize: outWidth, outputs: cols, filter: filter)
-                    horizontal(s, inWidth: inW, rows: rowSpan, table: hTable, into: d)
-                } else {
-                    for (r, y) in rowSpan.enumerated() {
-                        (d + r * tmpStride).update(from: s + (y * inW + cols.lowerBound) * 3, count: tmpStride)
+        return image.pixels.withUnsafeBufferPointer { srcBuf in
+            let src = srcBuf.baseAddress!
+            let inStride = inW * 3
+            switch (hTable, vTable) {
+            case (nil, nil):                                      // no resize: crop only
+                var out = [UInt8](repeating: 0, count: ch * cw * 3)
+                out.withUnsafeMutableBufferPointer { d in
+                    for (r, y) in rows.enumerated() {
+                        (d.baseAddress! + r * cw * 3).update(from: src + y * inStride + cols.lowerBound * 3, count: cw * 3)
                     }
+                }
+                return out
+            case (let h?, nil):
+                return horizontal(src + rows.lowerBound * inStride, stride: inStride, rows: ch, xOffset: 0, table: h)
+            case (nil, let v?):
+                return vertical(src + cols.lowerBound * 3, stride: inStride, rowLength: cw * 3, yOffset: 0, table: v)
+            case (let h?, let v?) where verticalFirst:
+                // Vertical pass on the input columns the horizontal pass reads.
+                let span = h.inputSpan
+                let tmp = vertical(src + span.lowerBound * 3, stride: inStride, rowLength: span.count * 3, yOffset: 0, table: v)
+                return tmp.withUnsafeBufferPointer {
+                    horizontal($0.baseAddress!, stride: span.count * 3, rows: ch, xOffset: span.lowerBound, table: h)
+                }
+            case (let h?, let v?):
+                // Horizontal pass on the input rows the vertical pass reads.
+                let span = v.inputSpan
+                let tmp = horizontal(src + span.lowerBound * inStride, stride: inStride, rows: span.count, xOffset: 0, table: h)
+                return tmp.withUnsafeBufferPointer {
+                    vertical($0.baseAddress!, stride: cw * 3, rowLength: cw * 3, yOffset: span.lowerBound, table: v)
                 }
             }
         }
-        guard let vTable else { return tmp }
-
-        // Vertical pass: rows x cols.
-        var out = [UInt8](repeating: 0, count: ch * tmpStride)
-        tmp.withUnsafeBufferPointer { src in
-            out.withUnsafeMutableBufferPointer { dst in
-                vertical(src.baseAddress!, stride: tmpStride, firstRow: rowSpan.lowerBound, table: vTable, into: dst.baseAddress!)
-            }
-        }
-        return out
     }
 
-    /// `ImagingResampleHorizontal_8bpc` for the input rows `rows`, outputs `table.first ..<`.
-    static func horizontal(_ src: UnsafePointer<UInt8>, inWidth: Int, rows: Range<Int>, table: ResampleTable,
-                           into dst: UnsafeMutablePointer<UInt8>) {
+    /// `ImagingResampleHorizontal_8bpc`: `rows` rows of `stride` bytes from `src`, whose first
+    /// byte is input column `xOffset`; returns (rows, table.count, 3) bytes.
+    static func horizontal(_ src: UnsafePointer<UInt8>, stride: Int, rows: Int, xOffset: Int,
+                           table: ResampleTable) -> [UInt8] {
         let half: Int32 = 1 << (ResampleTable.precisionBits - 1)
         let ksize = table.ksize, n = table.count
-        table.bounds.withUnsafeBufferPointer { bp in
-            table.weights.withUnsafeBufferPointer { wp in
-                let bounds = bp.baseAddress!, weights = wp.baseAddress!
-                for (r, y) in rows.enumerated() {
-                    let row = src + y * inWidth * 3
-                    let out = dst + r * n * 3
-                    for j in 0..<n {
-                        let taps = Int(bounds[2 * j + 1])
-                        var p = row + Int(bounds[2 * j]) * 3
-                        let k = weights + j * ksize
-                        var s0 = half, s1 = half, s2 = half
-                        for t in 0..<taps {
-                            let c = k[t]
-                            s0 &+= Int32(p[0]) &* c
-                            s1 &+= Int32(p[1]) &* c
-                            s2 &+= Int32(p[2]) &* c
-                            p += 3
+        return [UInt8](unsafeUninitializedCapacity: rows * n * 3) { dst, initialized in
+            table.bounds.withUnsafeBufferPointer { bp in
+                table.weights.withUnsafeBufferPointer { wp in
+                    let bounds = bp.baseAddress!, weights = wp.baseAddress!
+                    for r in 0..<rows {
+                        let row = src + r * stride
+                        let out = dst.baseAddress! + r * n * 3
+                        for j in 0..<n {
+                            let taps = Int(bounds[2 * j + 1])
+                            var p = row + (Int(bounds[2 * j]) - xOffset) * 3
+                            let k = weights + j * ksize
+                            var s0 = half, s1 = half, s2 = half
+                            for t in 0..<taps {
+                                let c = k[t]
+                                s0 &+= Int32(p[0]) &* c
+                                s1 &+= Int32(p[1]) &* c
+                                s2 &+= Int32(p[2]) &* c
+                                p += 3
+                            }
+                            out[3 * j] = clip8(s0)
+                            out[3 * j + 1] = clip8(s1)
+                            out[3 * j + 2] = clip8(s2)
                         }
-                        out[3 * j] = clip8(s0)
-                        out[3 * j + 1] = clip8(s1)
-                        out[3 * j + 2] = clip8(s2)
                     }
                 }
             }
+            initialized = rows * n * 3
         }
     }
 
-    /// `ImagingResampleVertical_8bpc`: each output row is a weighted sum of whole input rows
-    /// (`stride` bytes each; input row `firstRow` is at `src`).
-    static func vertical(_ src: UnsafePointer<UInt8>, stride: Int, firstRow: Int, table: ResampleTable,
-                         into dst: UnsafeMutablePointer<UInt8>) {
+    /// `ImagingResampleVertical_8bpc`: each output row is a weighted sum of input rows of
+    /// `rowLength` bytes, `stride` bytes apart, the one at `src` being input row `yOffset`;
+    /// returns (table.count, rowLength) bytes.
+    static func vertical(_ src: UnsafePointer<UInt8>, stride: Int, rowLength: Int, yOffset: Int,
+                         table: ResampleTable) -> [UInt8] {
         let half: Int32 = 1 << (ResampleTable.precisionBits - 1)
-        let acc = UnsafeMutablePointer<Int32>.allocate(capacity: stride)
+        let acc = UnsafeMutablePointer<Int32>.allocate(capacity: rowLength)
         defer { acc.deallocate() }
-        table.bounds.withUnsafeBufferPointer { bp in
-            table.weights.withUnsafeBufferPointer { wp in
-                for j in 0..<table.count {
-                    acc.update(repeating: half, count: stride)
-                    let ymin = Int(bp[2 * j]) - firstRow, taps = Int(bp[2 * j + 1])
-                    for t in 0..<taps {
-                        let c = wp[j * table.ksize + t]
-                        let row = src + (ymin + t) * stride
-                        for e in 0..<stride { acc[e] &+= Int32(row[e]) &* c }
+        return [UInt8](unsafeUninitializedCapacity: table.count * rowLength) { dst, initialized in
+            table.bounds.withUnsafeBufferPointer { bp in
+                table.weights.withUnsafeBufferPointer { wp in
+                    for j in 0..<table.count {
+                        acc.update(repeating: half, count: rowLength)
+                        let ymin = Int(bp[2 * j]) - yOffset, taps = Int(bp[2 * j + 1])
+                        for t in 0..<taps {
+                            let c = wp[j * table.ksize + t]
+                            let row = src + (ymin + t) * stride
+                            for e in 0..<rowLength { acc[e] &+= Int32(row[e]) &* c }
+                        }
+                        let out = dst.baseAddress! + j * rowLength
+                        for e in 0..<rowLength { out[e] = clip8(acc[e]) }
                     }
-                    let out = dst + j * stride
-                    for e in 0..<stride { out[e] = clip8(acc[e]) }
                 }
             }
+            initialized = table.count * rowLength
         }
     }
 }

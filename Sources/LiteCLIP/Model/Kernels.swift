@@ -22,13 +22,45 @@ public enum Kernels {
 
     // MARK: - Matrix products
 
+    /// OpenBLAS runs single-threaded; `gemm` splits large products over the cores itself.
+    /// (OpenBLAS's own worker threads keep spinning after each call and steal the core the
+    /// element-wise passes between products need; measured with perf: ~15% of the time.)
+    static let singleThreadedBLAS: Void = { openblas_set_num_threads(1) }()
+
     /// `C[M x N] = A[M x K] * op(B) (+ C if accumulate)`, row-major; `transB` means B is stored
-    /// `[N x K]` (a PyTorch Linear weight).
+    /// `[N x K]` (a PyTorch Linear weight). Large products are split into one block of rows
+    /// (or of columns, when M is small) per core.
     static func gemm(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>,
                      m: Int, n: Int, k: Int, transA: Bool = false, transB: Bool = false, accumulate: Bool = false) {
-        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
-                    Int32(m), Int32(n), Int32(k), 1, a, Int32(transA ? m : k), b, Int32(transB ? k : n),
-                    accumulate ? 1 : 0, c, Int32(n))
+        _ = singleThreadedBLAS
+        let lda = transA ? m : k, ldb = transB ? k : n, ldc = n
+        func call(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>, _ m: Int, _ n: Int) {
+            cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+                        Int32(m), Int32(n), Int32(k), 1, a, Int32(lda), b, Int32(ldb), accumulate ? 1 : 0, c, Int32(max(ldc, 1)))
+        }
+        let cores = ProcessInfo.processInfo.activeProcessorCount
+        let work = Double(m) * Double(n) * Double(k)
+        if cores < 2 || work < 4e6 { call(a, b, c, m, n); return }
+        if m >= 2 * cores && (m >= n || n < 64) {
+            // Split rows of A and C.
+            let chunk = (m + cores - 1) / cores
+            DispatchQueue.concurrentPerform(iterations: cores) { t in
+                let lo = t * chunk, hi = min(m, lo + chunk)
+                guard lo < hi else { return }
+                let aOff = transA ? a + lo : a + lo * lda
+                call(aOff, b, c + lo * ldc, hi - lo, n)
+            }
+        } else {
+            // Split columns of B and C (multiples of 16 keep the kernels' panels whole).
+            let chunk = ((n + cores - 1) / cores + 15) / 16 * 16
+            DispatchQueue.concurrentPerform(iterations: cores) { t in
+                let lo = t * chunk, hi = min(n, lo + chunk)
+                guard lo < hi else { return }
+                let bOff = transB ? b + lo * ldb : b + lo
+                cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+                            Int32(m), Int32(hi - lo), Int32(k), 1, a, Int32(lda), bOff, Int32(ldb), accumulate ? 1 : 0, c + lo, Int32(ldc))
+            }
+        }
     }
 
     /// `Y[rows x out] = X[rows x in] * W^T + b` (nn.Linear on row-major activations).
@@ -105,7 +137,9 @@ public enum Kernels {
 
     @inline(__always)
     static func erf8(_ xIn: SIMD8<Float>) -> SIMD8<Float> {
-        let x = xIn.clamped(lowerBound: SIMD8(repeating: -4), upperBound: SIMD8(repeating: 4))
+        var x = xIn
+        x.replace(with: 4, where: x .> 4)
+        x.replace(with: -4, where: x .< -4)
         let x2 = x * x
         var p = SIMD8<Float>(repeating: -2.72614225801306e-10)
         p = p * x2 + 2.77068142495902e-08
@@ -182,7 +216,7 @@ public enum Kernels {
         let k = weight.shape[2], pad = k / 2
         let pw = w + 2 * pad, ph = h + 2 * pad
         parallelFor(channels * batch, grain: 1) { range in
-            var padded = [Float](repeating: 0, count: ph * pw)
+            var padded = [Float](repeating: 0, count: ph * pw + 8)   // + 8: slack for the last 8-wide load
             padded.withUnsafeMutableBufferPointer { pbuf in
                 let pp = pbuf.baseAddress!
                 for plane in range {
@@ -191,22 +225,33 @@ public enum Kernels {
                     for r in 0..<h { (pp + (r + pad) * pw + pad).update(from: src + r * w, count: w) }
                     let kw = weight.data + c * k * k
                     let b = bias.data[c]
+                    // Each output strip of 8 stays in a register across all k*k taps.
                     for r in 0..<h {
                         let out = dst + r * w
-                        out.update(repeating: b, count: w)
-                        for ky in 0..<k {
-                            let inRow = pp + (r + ky) * pw
-                            for kx in 0..<k {
-                                let wv = kw[ky * k + kx]
-                                let inp = inRow + kx
-                                var j = 0
-                                while j + 8 <= w {
-                                    let o = UnsafeMutableRawPointer(out + j).loadUnaligned(as: SIMD8<Float>.self)
-                                    let v = UnsafeRawPointer(inp + j).loadUnaligned(as: SIMD8<Float>.self)
-                                    UnsafeMutableRawPointer(out + j).storeBytes(of: o + wv * v, as: SIMD8<Float>.self)
-                                    j += 8
+                        @inline(__always) func strip(_ j: Int) -> SIMD8<Float> {
+                            var acc = SIMD8<Float>(repeating: b)
+                            for ky in 0..<k {
+                                let inp = UnsafeRawPointer(pp + (r + ky) * pw + j)
+                                let wr = kw + ky * k
+                                for kx in 0..<k {
+                                    acc += wr[kx] * inp.loadUnaligned(fromByteOffset: kx * 4, as: SIMD8<Float>.self)
                                 }
-                                while j < w { out[j] += wv * inp[j]; j += 1 }
+                            }
+                            return acc
+                        }
+                        var j = 0
+                        while j + 8 <= w {
+                            UnsafeMutableRawPointer(out + j).storeBytes(of: strip(j), as: SIMD8<Float>.self)
+                            j += 8
+                        }
+                        if j < w {
+                            if w >= 8 {
+                                // Last strip overlaps the previous one; overlapping lanes get the same values.
+                                UnsafeMutableRawPointer(out + w - 8).storeBytes(of: strip(w - 8), as: SIMD8<Float>.self)
+                            } else {
+                                // Narrow planes (7x7): lanes past w read padding/slack and are dropped.
+                                let acc = strip(0)
+                                for i in 0..<w { out[i] = acc[i] }
                             }
                         }
                     }
