@@ -39,6 +39,7 @@ if __name__ == "__main__" and os.environ.get("PYTHONHASHSEED") != "0":
     os.execv(sys.executable, [sys.executable] + sys.argv)
 
 import argparse
+import subprocess
 import contextlib
 import hashlib
 import inspect
@@ -753,7 +754,41 @@ def main():
         man.update(write_cases(args.out))
         man["must_refuse"] = ["cases/torchscript.pt", "cases/whole_module.pt"]
         write_json(os.path.join(args.out, "manifest.json"), man)
+    write_inference_fixtures(args.out, full=args.full)
     print(f"done in {time.time() - t0:.1f}s")
+
+
+def write_inference_fixtures(out, full):
+    """Token ids, images and PyTorch reference outputs (issue 3), by the sibling scripts."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    seed = os.environ.get("LITECLIP_SEED", os.path.join(here, "..", "..", "shared", "liteclip-seed"))
+    py = sys.executable
+
+    def run(*args):
+        subprocess.check_call([py, *args])
+
+    labels = ["a photo of a dog", "a photo of a cat", "the photo of a human baby"]
+    ex = os.path.join(seed, "examples")
+    if full:
+        d = os.path.join(out, "full")
+        run(os.path.join(here, "make_reference.py"), "--checkpoint", os.path.join(d, "liteclip2.pt"), "--tokenizer", d,
+            "--images", *[os.path.join(ex, n) for n in ("cat.jpg", "car.jpg", "dancing.jpg", "catstuckindoor.jpeg")],
+            "--texts", *labels, "two people dancing on a stage", "--out", os.path.join(d, "reference.safetensors"))
+        return
+    if os.path.abspath(out) != here:
+        return   # the sub-generators write into golden/ itself
+    run(os.path.join(here, "generate_tokens.py"))
+    run(os.path.join(here, "generate_images.py"))
+    common = ["--checkpoint", os.path.join(here, "liteclip2.pt"), "--tokenizer", os.path.join(seed, "model"),
+              "--text-config", os.path.join(here, "config.json")]
+    run(os.path.join(here, "make_reference.py"), *common,
+        "--images", os.path.join(here, "images", "jpeg_progressive_333x250.jpg"), os.path.join(here, "images", "png_rgba_70x52.png"),
+        os.path.join(ex, "cat.jpg"),
+        "--texts", *labels, "A man in a red jacket climbs a steep rock face.", "two dogs play in the snow, one of them is brown",
+        "--out", os.path.join(here, "reference.safetensors"))
+    for dt in ("f16", "bf16"):
+        run(os.path.join(here, "make_reference.py"), *common, "--images", os.path.join(ex, "cat.jpg"), "--texts", *labels,
+            "--weights-dtype", dt, "--out", os.path.join(here, f"reference_{dt}.safetensors"))
 
 
 if __name__ == "__main__":

@@ -69,6 +69,7 @@ public struct LiteCLIPFile {
         let names = Set(expected.map(\.name))
         err.unexpected = lcw.checkpoint.tensors.filter { !names.contains($0.name) }.map { "\($0.name) \($0.shape)" }
         guard err.missing.isEmpty, err.mismatched.isEmpty, err.unexpected.isEmpty else { throw err }
+        try ImagePreprocessor.validate(meta.preprocess, file: path)
         guard meta.tokenizer.vocab.count == meta.model.text.vocabSize else {
             throw ModelError(.badTokenizer, file: path, "vocabulary has \(meta.tokenizer.vocab.count) tokens but the model \(meta.model.text.vocabSize)")
         }

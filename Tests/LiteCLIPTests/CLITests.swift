@@ -1,4 +1,5 @@
 import Foundation
+import LiteCLIP
 import TestSupport
 import XCTest
 
@@ -10,7 +11,9 @@ final class CLITests: XCTestCase {
 
     struct Result { let status: Int32; let out: String; let err: String }
 
-    func run(_ tool: String, _ args: [String]) throws -> Result {
+    func run(_ tool: String, _ args: [String]) throws -> Result { try Self.run(tool, args) }
+
+    static func run(_ tool: String, _ args: [String]) throws -> Result {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Self.binDir + "/" + tool)
         p.arguments = args
@@ -75,5 +78,82 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), [])
         let bad = try run("liteclip-convert", [Fixtures.golden("liteclip2.pt"), dir + "/o.lcw", "--dtype", "f8"])
         XCTAssertNotEqual(bad.status, 0)
+    }
+}
+
+/// verify, zero-shot and embed as a user runs them.
+final class InferenceCLITests: XCTestCase {
+    static let lcw: String = {
+        let out = Fixtures.tempDir() + "/golden.lcw"
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: CLITests.binDir + "/liteclip-convert")
+        p.arguments = [Fixtures.golden("liteclip2.pt"), out, "--vocab", Fixtures.vocab, "-q"]
+        p.standardOutput = FileHandle.nullDevice
+        try! p.run()
+        p.waitUntilExit()
+        return out
+    }()
+
+    func run(_ args: [String]) throws -> CLITests.Result { try CLITests.run("liteclip", args) }
+
+    func testVerify() throws {
+        let ok = try run(["verify", Self.lcw, "--reference", Fixtures.golden("reference.safetensors")])
+        XCTAssertEqual(ok.status, 0, ok.out + ok.err)
+        XCTAssertTrue(ok.out.contains("PASS"), ok.out)
+        XCTAssertTrue(ok.out.contains("logits_per_image"), ok.out)
+        // The bf16 reference was computed with rounded weights: an f32 model must fail it.
+        let bad = try run(["verify", Self.lcw, "--reference", Fixtures.golden("reference_bf16.safetensors")])
+        XCTAssertEqual(bad.status, 1, bad.out)
+        XCTAssertTrue(bad.out.contains("FAIL"), bad.out)
+    }
+
+    func testZeroShotPrintsTheSeedFormatAndJSON() throws {
+        let cat = Fixtures.seed + "/examples/cat.jpg"
+        let labels = ["a photo of a dog", "a photo of a cat", "the photo of a human baby"]
+        let r = try run(["zero-shot", Self.lcw, cat] + labels)
+        XCTAssertEqual(r.status, 0, r.err)
+        let lines = r.out.split(separator: "\n")
+        XCTAssertEqual(lines.count, 3)
+        XCTAssertTrue(lines.allSatisfy { $0.range(of: #"^.+: \d+\.\d\d%$"#, options: .regularExpression) != nil }, r.out)
+        let j = try run(["zero-shot", Self.lcw, cat] + labels + ["--json", "--top-k", "2"])
+        let obj = try JSONSerialization.jsonObject(with: Data(j.out.utf8)) as! [String: Any]
+        XCTAssertEqual((obj["logits"] as! [Double]).count, 3)
+        XCTAssertEqual((obj["ranking"] as! [[String: Any]]).count, 2)
+        XCTAssertEqual((obj["probabilities"] as! [Double]).reduce(0, +), 1, accuracy: 1e-5)
+        let one = try run(["zero-shot", Self.lcw, cat, "only one label"])
+        XCTAssertNotEqual(one.status, 0)
+        let missing = try run(["zero-shot", Self.lcw, "/nonexistent.jpg", "a", "b"])
+        XCTAssertEqual(missing.status, 1)
+        XCTAssertTrue(missing.err.contains("/nonexistent.jpg"), missing.err)
+    }
+
+    func testEmbedWritesNpyInInputOrder() throws {
+        let dir = Fixtures.tempDir()
+        let texts = ["a dog", "a cat on a mat", "two people dancing"]
+        let r = try run(["embed", Self.lcw, "--texts"] + texts + ["--out", dir + "/t.npy", "--batch-size", "2"])
+        XCTAssertEqual(r.status, 0, r.err)
+        let npy = try Data(contentsOf: URL(fileURLWithPath: dir + "/t.npy"))
+        XCTAssertEqual(Array(npy.prefix(6)), [0x93] + Array("NUMPY".utf8))
+        let headerLen = Int(npy[8]) | Int(npy[9]) << 8
+        XCTAssertEqual((10 + headerLen) % 64, 0)
+        let header = String(decoding: npy[10..<(10 + headerLen)], as: UTF8.self)
+        XCTAssertTrue(header.contains("'shape': (3, 256)"), header)
+        let rows = npy[(10 + headerLen)...].withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+        XCTAssertEqual(rows.count, 3 * 256)
+        // Each row is unit length and equals the same text embedded alone.
+        let model = try LiteCLIPModel(path: Self.lcw)
+        for (i, t) in texts.enumerated() {
+            let alone = model.textEmbeddings(model.tokenizer.encodeBatch([t]))
+            let row = Array(rows[(i * 256)..<((i + 1) * 256)])
+            XCTAssertEqual(row.map { $0 * $0 }.reduce(0, +), 1, accuracy: 1e-5)
+            XCTAssertLessThan(zip(row, alone).map { abs($0 - $1) }.max()!, 1e-6, t)
+        }
+        let names = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/t.names.json"))) as! [String]
+        XCTAssertEqual(names, texts)
+        let img = try run(["embed", Self.lcw, "--images", Fixtures.golden("images"), "--out", dir + "/i.npy", "--batch-size", "8"])
+        XCTAssertEqual(img.status, 0, img.err)
+        let inames = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/i.names.json"))) as! [String]
+        XCTAssertEqual(inames, inames.sorted())
+        XCTAssertGreaterThan(inames.count, 20)
     }
 }
