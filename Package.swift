@@ -24,9 +24,12 @@ let package = Package(
                        providers: [.apt(["libturbojpeg0-dev"])]),
         .systemLibrary(name: "CPNG", path: "Sources/CPNG", pkgConfig: "libpng",
                        providers: [.apt(["libpng-dev"])]),
+        // protobuf-c code generated from ONNX's onnx.proto (formats/onnx.md), linked against
+        // Debian's libprotobuf-c (libprotobuf-c-dev).
+        .target(name: "CONNX", path: "Sources/CONNX", linkerSettings: [.linkedLibrary("protobuf-c")]),
         // Readers and writers of every tensor container we support (.pt zip and legacy,
         // safetensors, .lcw). Knows nothing about liteCLIP.
-        .target(name: "TensorIO", dependencies: ["CZip"]),
+        .target(name: "TensorIO", dependencies: ["CZip", "CONNX"]),
         // The liteCLIP model: config, parameter set, mapping a checkpoint onto it, conversion,
         // tokenizer, image pipeline, and the native forward pass.
         .target(name: "LiteCLIP", dependencies: ["TensorIO", "CBLAS", "CTurboJPEG", "CPNG"]),
