@@ -102,59 +102,9 @@ def bert_config(c):
     )
 
 
-class ImageEncoder(nn.Module):
-    def __init__(self, dims, depths):
-        super().__init__()
-        self.backbone = timm.create_model(
-            "convnext_tiny", pretrained=False, num_classes=1,
-            dims=tuple(dims), depths=tuple(depths))
-        self.backbone.head.fc = nn.Identity()
-
-    def forward(self, x):
-        return self.backbone(x)
-
-
-class TextEncoder(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        self.backbone = AutoModel.from_config(config)
-
-    def forward(self, input_ids, attention_mask):
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).expand(out.size()).float()
-        return (out * mask).sum(1) / torch.clamp(mask.sum(1), min=1e-9)
-
-
-class ProjectionHead(nn.Module):
-    def __init__(self, embed_dim, proj_dim=PROJ_DIM):
-        super().__init__()
-        self.proj = nn.Linear(embed_dim, proj_dim)
-        self.act = nn.GELU()
-        self.drop = nn.Dropout(0.1)
-        self.ln = nn.LayerNorm(proj_dim)
-
-    def forward(self, x):
-        x = self.proj(x)
-        out = self.drop(self.act(x))
-        return x + self.ln(out)
-
-
-class CLIP(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.image_encoder = ImageEncoder(c["convnext_dims"], c["convnext_depths"])
-        self.text_encoder = TextEncoder(bert_config(c))
-        self.img_projection = ProjectionHead(c["convnext_dims"][-1], c["proj_dim"])
-        self.txt_projection = ProjectionHead(c["bert_hidden"], c["proj_dim"])
-        self.logit_scale = nn.Parameter(torch.ones([]) * np.log(1 / 0.07))
-
-    def forward(self, batch):
-        image, text = batch
-        img = F.normalize(self.img_projection(self.image_encoder(image)), dim=-1)
-        txt = F.normalize(self.txt_projection(
-            self.text_encoder(text["input_ids"], text["attention_mask"])), dim=-1)
-        logits_per_image = self.logit_scale.exp() * img @ txt.T
-        return logits_per_image, logits_per_image.T
+# The model classes are the seed's, defined once in make_reference.py (also user-facing).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_reference import CLIP  # noqa: E402
 
 
 @torch.no_grad()
@@ -196,7 +146,7 @@ def seeded_init(model, seed):
 
 def build_model(c, seed):
     torch.manual_seed(seed)
-    model = CLIP(c).eval()
+    model = CLIP(c["convnext_dims"], c["convnext_depths"], bert_config(c), c["proj_dim"]).eval()
     seeded_init(model, seed)
     sd = model.state_dict()
     assert len(sd) == EXPECTED_TENSORS, f"expected {EXPECTED_TENSORS} tensors, got {len(sd)}"
@@ -209,7 +159,9 @@ def build_model(c, seed):
         ids = torch.randint(1000, c["vocab_size"], (2, 12), generator=g)
         mask = torch.ones_like(ids)
         mask[1, 7:] = 0
-        logits, _ = model((image, {"input_ids": ids, "attention_mask": mask}))
+        img = F.normalize(model.img_projection(model.image_encoder(image)), dim=-1)
+        txt = F.normalize(model.txt_projection(model.text_encoder({"input_ids": ids, "attention_mask": mask})), dim=-1)
+        logits = model.logit_scale.exp() * img @ txt.T
         assert torch.isfinite(logits).all() and logits.std() > 0, logits
     return model, sd
 
