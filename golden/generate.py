@@ -726,10 +726,13 @@ def write_inference_fixtures(out, full):
         run(os.path.join(here, "make_reference.py"), "--checkpoint", os.path.join(d, "liteclip2.pt"), "--tokenizer", d,
             "--images", *[os.path.join(ex, n) for n in ("cat.jpg", "car.jpg", "dancing.jpg", "catstuckindoor.jpeg")],
             "--texts", *labels, "two people dancing on a stage", "--out", os.path.join(d, "reference.safetensors"))
+        run(os.path.join(here, "generate_onnx.py"), "--checkpoint", os.path.join(d, "liteclip2.pt"), "--out", os.path.join(d, "onnx"))
         return
     if os.path.abspath(out) != here:
         return   # the sub-generators write into golden/ itself
     run(os.path.join(here, "generate_tokens.py"))
+    run(os.path.join(here, "generate_onnx_cases.py"))
+    run(os.path.join(here, "generate_onnx.py"))
     run(os.path.join(here, "generate_images.py"))
     common = ["--checkpoint", os.path.join(here, "liteclip2.pt"), "--tokenizer", os.path.join(seed, "model"),
               "--text-config", os.path.join(here, "config.json")]

@@ -24,7 +24,6 @@ import torch.nn as nn
 import torchvision.transforms as T
 from torchvision.transforms import InterpolationMode
 from PIL import Image
-from safetensors.torch import save_file
 from transformers import AutoModel, AutoTokenizer, BertConfig
 import timm
 
@@ -130,6 +129,26 @@ def build(sd, bert_json):
     return model.eval(), dict(dims=dims, depths=depths, hidden=hidden, layers=layers, heads=bert.num_attention_heads)
 
 
+def write_safetensors(path, tensors, meta):
+    """safetensors with a sorted, compact header, so regenerating gives identical bytes
+    (the safetensors package orders __metadata__ differently from run to run)."""
+    kinds = {torch.float32: ("F32", np.float32), torch.int64: ("I64", np.int64)}
+    header, blobs, offset = {"__metadata__": meta}, [], 0
+    for name in sorted(tensors):
+        t = tensors[name]
+        code, npt = kinds[t.dtype]
+        blob = t.contiguous().numpy().astype(npt, copy=False).tobytes()
+        header[name] = {"dtype": code, "shape": list(t.shape), "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    h = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(len(h).to_bytes(8, "little") + h)
+        for b in blobs:
+            f.write(b)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", required=True)
@@ -191,7 +210,7 @@ def main():
         "logits_per_image": logits.contiguous(),
         "probs_per_image": probs.contiguous(),
     }
-    save_file(tensors, a.out, metadata=meta)
+    write_safetensors(a.out, tensors, meta)
     print(f"wrote {a.out}: {len(a.images)} images x {len(a.texts)} texts; logits[0] = {logits[0].tolist()}")
 
 

@@ -30,6 +30,8 @@ public enum Converter {
         public var fileBytes: Int
         public var dtypes: [DType: Int]
         public var ignored: [String]
+        /// Layout conversions applied (ONNX) and other facts worth telling the user.
+        public var notes: [String] = []
     }
 
     /// - Parameter progress: (bytes of tensor data written, total) after each tensor.
@@ -43,6 +45,14 @@ public enum Converter {
             }
         }
         let source = try ByteSource(mapping: input)
+        if try TensorFile.detect(source) == .onnx {
+            // ONNX: place the initializers back onto parameters by reading the graph.
+            let mapped = try ONNXParameters.stateDict(from: ONNXReader.read(source))
+            var report = try convert(mapped.checkpoint, source: source, input: input, output: output, options: options, progress: progress)
+            report.notes += mapped.placements.filter { $0.layout != .asIs }.map { "\($0.parameter) <- \($0.initializer) (\($0.layout.rawValue))" }
+            if !mapped.constants.isEmpty { report.notes.append("\(mapped.constants.count) non-parameter initializers (graph constants) left out") }
+            return report
+        }
         return try convert(TensorFile.read(source), source: source, input: input, output: output, options: options, progress: progress)
     }
 

@@ -17,17 +17,32 @@ public struct Inspection {
     public let metadata: [String: String]
     /// For liteCLIP `.lcw` files: the decoded metadata.
     public let lcw: LCWMetadata?
+    /// For ONNX files: the graph's opsets, inputs, outputs and operator counts.
+    public let onnx: [String: Any]?
     public let rows: [Row]
 
     /// Opens `path` with the reader its bytes call for and hashes every tensor (both cores).
     public static func inspect(_ path: String) throws -> Inspection {
         let source = try ByteSource(mapping: path)
         var lcwMeta: LCWMetadata? = nil
+        var onnx: [String: Any]? = nil
         let ckpt: Checkpoint
-        if try TensorFile.detect(source) == .lcw {
+        let kind = try TensorFile.detect(source)
+        if kind == .lcw {
             let f = try LCWReader.read(source)
             ckpt = f.checkpoint
             lcwMeta = try? JSONDecoder().decode(LCWMetadata.self, from: f.metadataJSON)
+        } else if kind == .onnx {
+            let m = try ONNXReader.read(source)
+            ckpt = m.checkpoint()
+            var ops: [String: Int] = [:]
+            for n in m.nodes { ops[n.domain.isEmpty ? n.opType : "\(n.domain).\(n.opType)", default: 0] += 1 }
+            func io(_ v: [ONNXValueInfo]) -> [[String: Any]] {
+                v.map { ["name": $0.name, "elem_type": $0.dtype?.rawValue ?? "type \($0.elemType)", "dims": $0.dims ?? []] as [String: Any] }
+            }
+            onnx = ["ir_version": m.irVersion, "producer": "\(m.producerName) \(m.producerVersion)",
+                    "opsets": m.opsets.map { ["domain": $0.domain, "version": $0.version] as [String: Any] },
+                    "inputs": io(m.inputs), "outputs": io(m.outputs), "nodes": m.nodes.count, "op_counts": ops]
         } else {
             ckpt = try TensorFile.read(source)
         }
@@ -40,7 +55,7 @@ public struct Inspection {
             }
         }
         let rows = try zip(tensors, hashes).map { t, h in Row(name: t.name, dtype: t.dtype, shape: t.shape, sha256: try h.get()) }
-        return Inspection(file: path, format: ckpt.format, wrapper: ckpt.wrapper, metadata: ckpt.metadata, lcw: lcwMeta, rows: rows)
+        return Inspection(file: path, format: ckpt.format, wrapper: ckpt.wrapper, metadata: ckpt.metadata, lcw: lcwMeta, onnx: onnx, rows: rows)
     }
 
     public func text() -> String {
@@ -53,6 +68,17 @@ public struct Inspection {
             out.append("preprocess: resize \(m.preprocess.resize) \(m.preprocess.interpolation), center crop \(m.preprocess.centerCrop), mean \(m.preprocess.mean), std \(m.preprocess.std)")
             out.append("source: \(m.source.file) (\(m.source.format)) sha256 \(m.source.sha256)")
             out.append("converter: \(m.converter.name) \(m.converter.version)")
+        }
+        if let g = onnx {
+            out.append("onnx: ir_version \(g["ir_version"]!), producer \(g["producer"]!), \(g["nodes"]!) nodes")
+            out.append("opsets: " + ((g["opsets"] as? [[String: Any]]) ?? []).map { "\(($0["domain"] as? String).flatMap { $0.isEmpty ? nil : $0 } ?? "ai.onnx") \($0["version"]!)" }.joined(separator: ", "))
+            for key in ["inputs", "outputs"] {
+                for v in (g[key] as? [[String: Any]]) ?? [] {
+                    out.append("\(key.dropLast()): \(v["name"]!) \(v["elem_type"]!) [\(((v["dims"] as? [String]) ?? []).joined(separator: ", "))]")
+                }
+            }
+            let ops = ((g["op_counts"] as? [String: Int]) ?? [:]).sorted { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }
+            out.append("ops: " + ops.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
         }
         let params = rows.reduce(0) { $0 + $1.shape.reduce(1, *) }
         out.append("tensors: \(rows.count), parameters: \(params)")
@@ -80,6 +106,7 @@ public struct Inspection {
             }
             obj["lcw"] = lm
         }
+        if let g = onnx { obj["onnx"] = g }
         let data = try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys])
         return String(decoding: data, as: UTF8.self)
     }

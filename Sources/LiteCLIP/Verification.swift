@@ -38,6 +38,7 @@ public struct Verification {
         }
         func floats(_ n: String) throws -> [Float] {
             let t = try tensor(n)
+            guard t.dtype.isFloatingPoint else { throw ModelError(.badConfig, file: path, "'\(n)' must be a float tensor, not \(t.dtype.rawValue)") }
             let b = DTypeConversion.convert(try t.load(), from: t.dtype, to: .f32)
             return b.withBytes { Array($0.bindMemory(to: Float.self)) }
         }
@@ -48,7 +49,11 @@ public struct Verification {
             return (v, t.shape)
         }
         let pixelsT = try tensor("pixel_values")
-        let nImages = pixelsT.shape.first ?? 0
+        let ps = pixelsT.shape
+        guard ps.count == 4, ps[1] == model.config.image.inChannels, ps[2] == ps[3], ps[2] > 0, ps[2] % 32 == 0 else {
+            throw ModelError(.badConfig, file: path, "pixel_values must be (N, \(model.config.image.inChannels), S, S) with S a multiple of 32; it is \(ps)")
+        }
+        let nImages = ps[0]
         let pixels = try floats("pixel_values")
         let (ids, idShape) = try ints("input_ids")
         let (mask, _) = try ints("attention_mask")

@@ -9,6 +9,7 @@ public struct Checkpoint: Sendable {
         case torchLegacy = "pytorch-legacy"
         case safetensors
         case lcw
+        case onnx
     }
 
     public struct Tensor: Sendable {

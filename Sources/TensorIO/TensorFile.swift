@@ -4,7 +4,7 @@ import Foundation
 /// never from its extension.
 public enum TensorFile {
     public enum Kind: String {
-        case torchZip = "pytorch-zip", torchLegacy = "pytorch-legacy", safetensors, lcw
+        case torchZip = "pytorch-zip", torchLegacy = "pytorch-legacy", safetensors, lcw, onnx
     }
 
     /// The container kind the leading bytes announce, or a `.notACheckpoint` error that says
@@ -16,6 +16,8 @@ public enum TensorFile {
         if starts([0x50, 0x4B, 0x03, 0x04]) || starts([0x50, 0x4B, 0x05, 0x06]) { return .torchZip }
         if b.count >= 2, b[0] == 0x80, (2...5).contains(b[1]) { return .torchLegacy }
         if b.count >= 10, b.le64(0) < UInt64(b.count), b[8] == UInt8(ascii: "{") { return .safetensors }
+        // ONNX has no magic: a ModelProto starts with field 1 (ir_version) as a varint, tag 0x08.
+        if b.first == 0x08 { return .onnx }
         var what = "unrecognised leading bytes " + b.prefix(8).map { String(format: "%02x", $0) }.joined(separator: " ")
         if b.count >= 262, Array(b[257..<262]) == Array("ustar".utf8) {
             throw ReadError(.unsupportedFormat, file: source.name,
@@ -25,7 +27,7 @@ public enum TensorFile {
         else if starts([0xFF, 0xD8, 0xFF]) { what = "a JPEG image" }
         else if b.isEmpty { what = "an empty file" }
         throw ReadError(.notACheckpoint, file: source.name,
-                        "not a PyTorch checkpoint, safetensors or .lcw file (\(what))")
+                        "not a PyTorch checkpoint, safetensors, ONNX or .lcw file (\(what))")
     }
 
     public static func open(_ path: String) throws -> Checkpoint {
@@ -38,6 +40,7 @@ public enum TensorFile {
         case .torchZip: return try TorchReader.readZip(source)
         case .torchLegacy: return try TorchReader.readLegacy(source)
         case .safetensors: return try SafetensorsReader.read(source)
+        case .onnx: return try ONNXReader.read(source).checkpoint()
         }
     }
 }

@@ -87,5 +87,10 @@ func summary(_ r: Converter.Report, seconds: Double) -> String {
         "  output:     \(formatBytes(r.fileBytes))",
     ]
     lines.append("  ignored:    " + (r.ignored.isEmpty ? "none" : r.ignored.joined(separator: ", ")))
+    if !r.notes.isEmpty {
+        lines.append("  from the graph (\(r.notes.count)):")
+        lines += r.notes.prefix(8).map { "    " + $0 }
+        if r.notes.count > 8 { lines.append("    ... and \(r.notes.count - 8) more") }
+    }
     return lines.joined(separator: "\n")
 }
