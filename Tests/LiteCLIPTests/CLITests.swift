@@ -76,6 +76,16 @@ final class CLITests: XCTestCase {
             XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/o.lcw"))
         }
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), [])
+        // Every hostile ONNX file: exit 1, an error naming the file, nothing written.
+        let hostile = try FileManager.default.contentsOfDirectory(atPath: Fixtures.golden("onnx_cases/hostile")).filter { $0.hasSuffix(".onnx") }
+        XCTAssertGreaterThan(hostile.count, 20)
+        for h in hostile.sorted() {
+            let input = Fixtures.golden("onnx_cases/hostile/" + h)
+            let r = try run("liteclip-convert", [input, dir + "/o.lcw", "--vocab", Fixtures.vocab])
+            XCTAssertEqual(r.status, 1, h)
+            XCTAssertTrue(r.err.contains("liteclip-convert: error: "), "\(h): \(r.err)")
+            XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), [], h)
+        }
         let bad = try run("liteclip-convert", [Fixtures.golden("liteclip2.pt"), dir + "/o.lcw", "--dtype", "f8"])
         XCTAssertNotEqual(bad.status, 0)
     }
