@@ -67,3 +67,78 @@ final class ONNXConversionTests: XCTestCase {
         }
     }
 }
+
+/// The mapping rules on small synthetic graphs: cases the golden exports do not produce.
+final class ONNXMappingRuleTests: XCTestCase {
+    func tensor(_ name: String, _ shape: [Int], _ values: [Float]? = nil) -> Checkpoint.Tensor {
+        let n = shape.reduce(1, *)
+        let v = values ?? (0..<n).map { Float($0) }
+        return Checkpoint.Tensor(name: name, dtype: .f32, shape: shape, origin: "test") {
+            TensorBytes(owning: v.flatMap { withUnsafeBytes(of: $0.bitPattern.littleEndian) { Array($0) } })
+        }
+    }
+
+    func node(_ op: String, _ name: String, _ inputs: [String], scopes: String? = nil) -> ONNXNode {
+        ONNXNode(opType: op, name: name, domain: "", inputs: inputs, outputs: [name + ":0"], attributes: [:],
+                 metadataProps: scopes.map { ["pkg.torch.onnx.name_scopes": $0] } ?? [:])
+    }
+
+    func model(_ inits: [Checkpoint.Tensor], _ nodes: [ONNXNode]) -> ONNXModel {
+        ONNXModel(file: "synthetic.onnx", irVersion: 8, producerName: "pytorch", producerVersion: "2.15", domain: "", modelVersion: 0,
+                  opsets: [("", 20)], metadataProps: [:],
+                  graph: ONNXGraph(name: "g", nodes: nodes, initializers: inits, inputs: [], outputs: []),
+                  source: ByteSource(copying: [UInt8](), name: "synthetic.onnx"))
+    }
+
+    func values(_ t: Checkpoint.Tensor) throws -> [Float] { try t.load().withBytes { Array($0.bindMemory(to: Float.self)) } }
+
+    /// TorchScript de-duplicates identical tensors: one initializer, two consumers, two parameters.
+    func testOneInitializerPlacesEveryParameterItFeeds() throws {
+        let stem = tensor("m.image_encoder.backbone.stem.0.weight", [8, 3, 4, 4])
+        let shared = tensor("onnx::MatMul_7", [2, 3])      // stored (in, out)
+        let b = "/image_encoder/backbone/stages/stages.0/blocks/"
+        let r = try ONNXParameters.stateDict(from: model([stem, shared], [
+            node("MatMul", b + "blocks.0/mlp/fc1/MatMul", ["x", "onnx::MatMul_7"]),
+            node("MatMul", b + "blocks.1/mlp/fc1/MatMul", ["y", "onnx::MatMul_7"]),
+        ]))
+        let names = r.checkpoint.tensors.map(\.name)
+        XCTAssertEqual(names, ["m.image_encoder.backbone.stem.0.weight",
+                               "m.image_encoder.backbone.stages.0.blocks.0.mlp.fc1.weight",
+                               "m.image_encoder.backbone.stages.0.blocks.1.mlp.fc1.weight"])
+        for t in r.checkpoint.tensors.dropFirst() {
+            XCTAssertEqual(t.shape, [3, 2])
+            XCTAssertEqual(try values(t), [0, 3, 1, 4, 2, 5], "transposed back to (out, in)")
+        }
+    }
+
+    func testDynamoScopesGammaAndFoldedLogitScale() throws {
+        let stem = tensor("m.image_encoder.backbone.stem.0.weight", [8, 3, 4, 4])
+        let view = tensor("view_3", [1, 4, 1, 1], [1, 2, 3, 4])
+        let exp = tensor("exp", [], [expf(2.65926)])
+        let r = try ONNXParameters.stateDict(from: model([stem, view, exp], [
+            node("Mul", "node_mul_3", ["a", "view_3"], scopes: "['', 'm.image_encoder', 'm.image_encoder.backbone.stages.1.blocks.0']"),
+            node("Mul", "node_mul_19", ["exp", "b"]),
+        ]))
+        let byName = Dictionary(uniqueKeysWithValues: r.checkpoint.tensors.map { ($0.name, $0) })
+        let gamma = try XCTUnwrap(byName["m.image_encoder.backbone.stages.1.blocks.0.gamma"])
+        XCTAssertEqual(gamma.shape, [4])
+        XCTAssertEqual(try values(gamma), [1, 2, 3, 4])
+        let scale = try XCTUnwrap(byName["m.logit_scale"])
+        XCTAssertEqual(try values(scale)[0], logf(expf(2.65926)))
+        XCTAssertTrue(r.placements.contains { $0.parameter == "m.logit_scale" && $0.layout == .exponentiated })
+    }
+
+    func testUnplaceableInitializersAreListedAndConstantsRecognised() throws {
+        let stem = tensor("m.image_encoder.backbone.stem.0.weight", [8, 3, 4, 4])
+        let folded = tensor("embedding_2", [1, 128, 16])
+        let shapeConst = Checkpoint.Tensor(name: "onnx::Reshape_9", dtype: .i64, shape: [2], origin: "test") { TensorBytes(owning: [UInt8](repeating: 0, count: 16)) }
+        let half = tensor("val_1", [], [0.5])
+        XCTAssertThrowsError(try ONNXParameters.stateDict(from: model([stem, folded, shapeConst, half], [node("Add", "node_add", ["e", "embedding_2"])]))) { e in
+            let m = e as? ModelError
+            XCTAssertEqual(m?.unexpected, ["embedding_2 [1, 128, 16]"], "\(e)")
+            XCTAssertTrue(m?.detail.contains("optimize=False") == true, "\(e)")
+        }
+        let ok = try ONNXParameters.stateDict(from: model([stem, shapeConst, half], []))
+        XCTAssertEqual(ok.constants, ["onnx::Reshape_9", "val_1"])
+    }
+}
