@@ -72,7 +72,7 @@ public struct CheckpointMapping {
                 err.mismatched.append("\(prefix)\(spec.name): expected a floating-point tensor, file has \(t.dtype.rawValue)")
                 continue
             }
-            placed.append(Checkpoint.Tensor(name: spec.name, dtype: t.dtype, shape: t.shape, origin: t.origin, loader: t.load))
+            placed.append(Checkpoint.Tensor(name: spec.name, dtype: t.dtype, shape: t.shape, origin: t.origin) { try t.load() })
         }
         for (n, t) in byName where !used.contains(n) {
             if LiteCLIPParameters.ignorable.contains(n) { ignored.append(t.name) } else { unexpected.append(t) }

@@ -38,7 +38,7 @@ public struct Bert {
     let embeddingsNorm: LayerNormParams
     let layers: [BertLayer]
 
-    init(_ s: WeightScope, _ c: BertConfig, hasPooler: Bool) throws {
+    init(_ s: WeightScope, _ c: BertConfig) throws {
         config = c
         let h = c.hiddenSize
         let e = s.child("embeddings")

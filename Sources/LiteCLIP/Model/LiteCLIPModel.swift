@@ -42,14 +42,12 @@ public final class LiteCLIPModel: @unchecked Sendable {
     let textEncoder: Bert                 // text_encoder.backbone
     let imgProjection: ProjectionHead     // img_projection
     let txtProjection: ProjectionHead     // txt_projection
-    private let file: LiteCLIPFile
 
     public convenience init(path: String) throws {
         try self.init(try LiteCLIPFile.open(path))
     }
 
     public init(_ file: LiteCLIPFile) throws {
-        self.file = file
         let m = file.metadata
         config = m.model
         preprocess = m.preprocess
@@ -58,7 +56,7 @@ public final class LiteCLIPModel: @unchecked Sendable {
         let root = WeightScope(store: store, prefix: "")
         logitScale = try root.tensor("logit_scale", [])
         imageEncoder = try ConvNeXt(root.child("image_encoder").child("backbone"), config.image)
-        textEncoder = try Bert(root.child("text_encoder").child("backbone"), config.text, hasPooler: config.hasPooler)
+        textEncoder = try Bert(root.child("text_encoder").child("backbone"), config.text)
         imgProjection = try ProjectionHead(root.child("img_projection"), input: config.image.outputDim, dim: config.projectionDim)
         txtProjection = try ProjectionHead(root.child("txt_projection"), input: config.text.hiddenSize, dim: config.projectionDim)
         try store.finish()
