@@ -2,9 +2,10 @@
 """Exports a liteCLIP checkpoint to ONNX with both of PyTorch's exporters, as users do:
 `torch.onnx.export(..., dynamo=False)` (TorchScript: transposed MatMul weights under generated
 names, gamma reshaped, identical tensors de-duplicated) and `dynamo=True, optimize=False`
-(parameter names kept under the wrapper's prefix, weights in external data). With the default
-optimize=True the dynamo exporter folds the embedding lookups for one sequence length, losing
-rows of the position/token-type embeddings; liteclip-convert refuses such files with advice.
+(parameter names kept under the wrapper's prefix, weights in external data), and
+`dynamo=True` with its default optimize=True, which folds the position/token-type embedding
+lookups for the example's sequence length (rows of those parameters are lost) and
+logit_scale.exp(): liteclip-convert refuses that file unless given --allow-partial.
 
     python golden/generate_onnx.py                       # golden/liteclip2.pt -> golden/onnx/
     python golden/generate_onnx.py --checkpoint golden/full/liteclip2.pt --out golden/full/onnx
@@ -56,6 +57,19 @@ def main():
         # lookups for the example's sequence length, which loses rows of those parameters.
         torch.onnx.export(w, args, os.path.join(a.out, "liteclip2_dynamo.onnx"), dynamo=True, external_data=True,
                           optimize=False, **names)
+        torch.onnx.export(w, args, os.path.join(a.out, "liteclip2_dynamo_optimized.onnx"), dynamo=True,
+                          external_data=True, **names)
+    # The dynamo exporter records Python stack traces with absolute paths in node metadata;
+    # drop them so that regenerating on another machine gives the same bytes.
+    import onnx
+    for name in ("liteclip2_dynamo.onnx", "liteclip2_dynamo_optimized.onnx"):
+        path = os.path.join(a.out, name)
+        model = onnx.load(path, load_external_data=False)
+        for node in model.graph.node:
+            keep = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+            del node.metadata_props[:]
+            node.metadata_props.extend(keep)
+        onnx.save(model, path)
     for f in sorted(os.listdir(a.out)):
         print(f, os.path.getsize(os.path.join(a.out, f)))
 

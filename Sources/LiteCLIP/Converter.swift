@@ -10,6 +10,9 @@ public enum Converter {
         public var tokenizerPath: String?
         public var textConfigPath: String?
         public var allowUnexpected = false
+        /// ONNX from the dynamo exporter's default optimisation: rebuild the folded embedding
+        /// lookups (exact up to the exported sequence length) instead of refusing the file.
+        public var allowPartial = false
         public init() {}
     }
 
@@ -32,6 +35,8 @@ public enum Converter {
         public var ignored: [String]
         /// Layout conversions applied (ONNX) and other facts worth telling the user.
         public var notes: [String] = []
+        /// Parts of the parameters the source does not hold (see `LCWMetadata.SourceInfo.partial`).
+        public var partial: [String] = []
     }
 
     /// - Parameter progress: (bytes of tensor data written, total) after each tensor.
@@ -47,8 +52,10 @@ public enum Converter {
         let source = try ByteSource(mapping: input)
         if try TensorFile.detect(source) == .onnx {
             // ONNX: place the initializers back onto parameters by reading the graph.
-            let mapped = try ONNXParameters.stateDict(from: ONNXReader.read(source))
-            var report = try convert(mapped.checkpoint, source: source, input: input, output: output, options: options, progress: progress)
+            let mapped = try ONNXParameters.stateDict(from: ONNXReader.read(source), allowPartial: options.allowPartial)
+            let partial = Partial(missing: mapped.missing, positions: mapped.partialPositions, tokenTypes: mapped.partialTokenTypes)
+            var report = try convert(mapped.checkpoint, source: source, input: input, output: output, options: options,
+                                     partial: mapped.missing.isEmpty ? nil : partial, progress: progress)
             report.notes += mapped.placements.filter { $0.layout != .asIs }.map { "\($0.parameter) <- \($0.initializer) (\($0.layout.rawValue))" }
             if !mapped.constants.isEmpty { report.notes.append("\(mapped.constants.count) non-parameter initializers (graph constants) left out") }
             return report
@@ -56,9 +63,16 @@ public enum Converter {
         return try convert(TensorFile.read(source), source: source, input: input, output: output, options: options, progress: progress)
     }
 
+    /// A source that holds only part of some parameters, and the sizes they were rebuilt with.
+    struct Partial {
+        var missing: [String]
+        var positions: Int?
+        var tokenTypes: Int?
+    }
+
     /// The conversion proper, on an opened checkpoint (tests inject failing tensors here).
     static func convert(_ ckpt: Checkpoint, source: ByteSource, input: String, output: String, options: Options,
-                        progress: ((Int, Int) -> Void)?) throws -> Report {
+                        partial: Partial? = nil, progress: ((Int, Int) -> Void)?) throws -> Report {
         guard ckpt.format != .lcw else {
             throw ModelError(.badConfig, file: input, "input is already an .lcw file")
         }
@@ -77,10 +91,15 @@ public enum Converter {
                 throw ModelError(.badConfig, file: p, "not a BERT config.json: \(error)")
             }
         }
+        // A partial source's rebuilt embeddings are smaller than the config says, by construction.
+        if let partial {
+            if let n = partial.positions { textConfig?.maxPositionEmbeddings = n }
+            if let n = partial.tokenTypes { textConfig?.typeVocabSize = n }
+        }
         let mapping = try CheckpointMapping(ckpt, textConfig: textConfig, allowUnexpected: options.allowUnexpected)
 
         // Tokenizer: flags, else vocab.txt then tokenizer.json beside the checkpoint.
-        let tokenizer: TokenizerSpec
+        var tokenizer: TokenizerSpec
         let tokenizerFile: String
         if let p = options.tokenizerPath { tokenizer = try .load(tokenizerJSON: p); tokenizerFile = p }
         else if let p = options.vocabPath { tokenizer = try .load(vocabTxt: p); tokenizerFile = p }
@@ -95,6 +114,9 @@ public enum Converter {
             throw ModelError(.badTokenizer, file: tokenizerFile,
                              "vocabulary has \(tokenizer.vocab.count) tokens but the checkpoint's word embeddings have \(mapping.config.text.vocabSize) rows")
         }
+
+        // Never tokenize past the positions the model has (a partial source keeps fewer).
+        tokenizer.maxLength = min(tokenizer.maxLength, mapping.config.text.maxPositionEmbeddings)
 
         // Output tensors, converted to the requested dtype one at a time while writing.
         var dtypes: [DType: Int] = [:]
@@ -111,7 +133,7 @@ public enum Converter {
             model: mapping.config, tokenizer: tokenizer, preprocess: .seed,
             source: .init(file: (input as NSString).lastPathComponent, sha256: sourceSHA,
                           format: ckpt.format.rawValue, wrapper: ckpt.wrapper, keyPrefix: mapping.keyPrefix,
-                          ignoredTensors: mapping.ignored),
+                          ignoredTensors: mapping.ignored, partial: partial?.missing),
             converter: .init())
         let fileBytes = try LCWWriter.write(to: output, tensors: outTensors, metadata: try meta.jsonObject(), progress: progress)
         return Report(input: input, output: output, format: ckpt.format, wrapper: ckpt.wrapper, keyPrefix: mapping.keyPrefix,
@@ -119,6 +141,6 @@ public enum Converter {
                       textConfigFile: textConfigFile, config: mapping.config, tensorCount: outTensors.count,
                       parameterCount: outTensors.reduce(0) { $0 + $1.elementCount },
                       dataBytes: outTensors.reduce(0) { $0 + $1.byteCount }, fileBytes: fileBytes,
-                      dtypes: dtypes, ignored: mapping.ignored)
+                      dtypes: dtypes, ignored: mapping.ignored, partial: partial?.missing ?? [])
     }
 }

@@ -67,6 +67,7 @@ public struct Inspection {
             out.append("tokenizer: \(m.tokenizer.vocab.count) tokens, lower-case \(m.tokenizer.doLowerCase), max length \(m.tokenizer.maxLength)")
             out.append("preprocess: resize \(m.preprocess.resize) \(m.preprocess.interpolation), center crop \(m.preprocess.centerCrop), mean \(m.preprocess.mean), std \(m.preprocess.std)")
             out.append("source: \(m.source.file) (\(m.source.format)) sha256 \(m.source.sha256)")
+            for line in m.source.partial ?? [] { out.append("partial: " + line) }
             out.append("converter: \(m.converter.name) \(m.converter.version)")
         }
         if let g = onnx {

@@ -18,9 +18,12 @@ public struct LCWMetadata: Codable, Equatable, Sendable {
         public var wrapper: String?
         public var keyPrefix: String
         public var ignoredTensors: [String]
+        /// Present only when the source did not hold every parameter in full (an optimised ONNX
+        /// export converted with --allow-partial): what is missing, one line each.
+        public var partial: [String]? = nil
 
         enum CodingKeys: String, CodingKey {
-            case file, sha256, format, wrapper
+            case file, sha256, format, wrapper, partial
             case keyPrefix = "key_prefix"
             case ignoredTensors = "ignored_tensors"
         }

@@ -25,6 +25,10 @@ struct LiteclipConvert: ParsableCommand {
     @Option(name: .customLong("text-config"), help: "BERT config.json (attention heads, LayerNorm eps).") var textConfig: String?
     @Flag(name: .customLong("allow-unexpected"), help: "Drop (and list) tensors that are not liteCLIP parameters instead of failing.")
     var allowUnexpected = false
+    @Flag(name: .customLong("allow-partial"), help: ArgumentHelp(
+        "ONNX from torch.onnx.export(dynamo=True) with its default optimisation: rebuild the folded position and token-type embedding lookups instead of refusing the file.",
+        discussion: "The result is exact for sequences up to the exported length with token type 0 (how liteCLIP runs); the missing rows are recorded in the .lcw."))
+    var allowPartial = false
     @Flag(name: .shortAndLong, help: "No progress on stderr.") var quiet = false
 
     func validate() throws {
@@ -40,6 +44,7 @@ struct LiteclipConvert: ParsableCommand {
         opts.tokenizerPath = tokenizer
         opts.textConfigPath = textConfig
         opts.allowUnexpected = allowUnexpected
+        opts.allowPartial = allowPartial
         let start = Date()
         let showProgress = !quiet
         let tty = isatty(2) != 0
@@ -91,6 +96,10 @@ func summary(_ r: Converter.Report, seconds: Double) -> String {
         lines.append("  from the graph (\(r.notes.count)):")
         lines += r.notes.prefix(8).map { "    " + $0 }
         if r.notes.count > 8 { lines.append("    ... and \(r.notes.count - 8) more") }
+    }
+    if !r.partial.isEmpty {
+        lines.append("  PARTIAL: the source does not hold these; inference up to \(c.text.maxPositionEmbeddings) tokens with token type 0 is exact:")
+        lines += r.partial.map { "    " + $0 }
     }
     return lines.joined(separator: "\n")
 }
