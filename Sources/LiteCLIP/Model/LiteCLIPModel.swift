@@ -42,17 +42,22 @@ public final class LiteCLIPModel: @unchecked Sendable {
     let textEncoder: Bert                 // text_encoder.backbone
     let imgProjection: ProjectionHead     // img_projection
     let txtProjection: ProjectionHead     // txt_projection
+    /// The weights the modules hold, by checkpoint name (BERT's unused pooler is not loaded).
+    let parameters: [(name: String, tensor: Tensor)]
+    /// Whether the weights are owned, writable copies (training) rather than views of the file.
+    public let trainable: Bool
 
-    public convenience init(path: String) throws {
-        try self.init(try LiteCLIPFile.open(path))
+    public convenience init(path: String, trainable: Bool = false) throws {
+        try self.init(try LiteCLIPFile.open(path), trainable: trainable)
     }
 
-    public init(_ file: LiteCLIPFile) throws {
+    public init(_ file: LiteCLIPFile, trainable: Bool = false) throws {
         let m = file.metadata
         config = m.model
         preprocess = m.preprocess
         tokenizer = BertTokenizer(spec: m.tokenizer)
-        let store = WeightStore(file.tensors, file: file.lcw.checkpoint.file)
+        self.trainable = trainable
+        let store = WeightStore(file.tensors, file: file.lcw.checkpoint.file, copies: trainable)
         let root = WeightScope(store: store, prefix: "")
         logitScale = try root.tensor("logit_scale", [])
         imageEncoder = try ConvNeXt(root.child("image_encoder").child("backbone"), config.image)
@@ -60,6 +65,7 @@ public final class LiteCLIPModel: @unchecked Sendable {
         imgProjection = try ProjectionHead(root.child("img_projection"), input: config.image.outputDim, dim: config.projectionDim)
         txtProjection = try ProjectionHead(root.child("txt_projection"), input: config.text.hiddenSize, dim: config.projectionDim)
         try store.finish()
+        parameters = store.loaded
     }
 
     public var logitScaleExp: Float { expf(logitScale.scalar) }

@@ -32,10 +32,11 @@ public final class Tensor: @unchecked Sendable {
     }
 
     /// Weights from a checkpoint tensor: zero-copy for aligned little-endian f32, else widened.
-    init(loading t: Checkpoint.Tensor) throws {
+    /// `copy` always gives an owned, writable buffer (training updates weights in place).
+    init(loading t: Checkpoint.Tensor, copy: Bool = false) throws {
         shape = t.shape
         let bytes = try t.load()
-        if t.dtype == .f32, bytes.withBytes({ Int(bitPattern: $0.baseAddress) % 4 == 0 }) || bytes.count == 0 {
+        if !copy, t.dtype == .f32, bytes.withBytes({ Int(bitPattern: $0.baseAddress) % 4 == 0 }) || bytes.count == 0 {
             data = bytes.withBytes { UnsafeMutableRawPointer(mutating: $0.baseAddress ?? UnsafeRawPointer(bitPattern: 64)!) }
                 .assumingMemoryBound(to: Float.self)
             owner = BytesBox(bytes)
@@ -67,10 +68,15 @@ final class WeightStore {
     private var tensors: [String: Checkpoint.Tensor]
     private var taken = Set<String>()
     let file: String
+    /// Owned, writable copies (for training) instead of views of the file.
+    let copies: Bool
+    /// Every tensor taken, in the order the modules took them.
+    private(set) var loaded: [(name: String, tensor: Tensor)] = []
 
-    init(_ list: [Checkpoint.Tensor], file: String) {
+    init(_ list: [Checkpoint.Tensor], file: String, copies: Bool = false) {
         tensors = Dictionary(list.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         self.file = file
+        self.copies = copies
     }
 
     func take(_ name: String, _ shape: [Int]) throws -> Tensor {
@@ -85,7 +91,9 @@ final class WeightStore {
             throw e
         }
         taken.insert(name)
-        return try Tensor(loading: t)
+        let tensor = try Tensor(loading: t, copy: copies)
+        loaded.append((name, tensor))
+        return tensor
     }
 
     func has(_ name: String) -> Bool { tensors[name] != nil }
