@@ -21,9 +21,12 @@ public struct LCWMetadata: Codable, Equatable, Sendable {
         /// Present only when the source did not hold every parameter in full (an optimised ONNX
         /// export converted with --allow-partial): what is missing, one line each.
         public var partial: [String]? = nil
+        /// Present only in a model written by `liteclip train`: what it was trained from and how.
+        public var trainedFrom: TrainingInfo? = nil
 
         enum CodingKeys: String, CodingKey {
             case file, sha256, format, wrapper, partial
+            case trainedFrom = "trained"
             case keyPrefix = "key_prefix"
             case ignoredTensors = "ignored_tensors"
         }
