@@ -8,7 +8,7 @@ struct Liteclip: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "liteclip",
         abstract: "liteCLIP in Swift: inspect, verify against PyTorch, zero-shot classify, embed.",
-        subcommands: [Inspect.self, Verify.self, ZeroShotCommand.self, Embed.self, Bench.self])
+        subcommands: [Inspect.self, Verify.self, ZeroShotCommand.self, Embed.self, Bench.self, Export.self])
 }
 
 /// Thin CLI over `Inspection.inspect`.
