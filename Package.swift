@@ -37,12 +37,10 @@ let package = Package(
             "LiteCLIP", "TensorIO",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        // Several files, one of them main.swift holding the @main command: SwiftPM only passes
-        // -parse-as-library by itself for a single-file target, so say it here.
         .executableTarget(name: "liteclip", dependencies: [
             "LiteCLIP", "TensorIO",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
-        ], swiftSettings: [.unsafeFlags(["-parse-as-library"])]),
+        ]),
         // Fixture paths, error assertions and builders for hostile inputs, shared by the tests.
         .target(name: "TestSupport", dependencies: ["TensorIO"], path: "Tests/TestSupport"),
         .testTarget(name: "TensorIOTests", dependencies: ["TensorIO", "TestSupport"]),

@@ -84,3 +84,38 @@ public enum InferenceBenchmark {
         return out
     }
 }
+
+/// Training-step benchmark (issue 5): forward, backward and an Adam step on the same
+/// deterministic inputs as `InferenceBenchmark` (scripts/bench_train_reference.py mirrors it in
+/// PyTorch), dropout 0.1 as the seed trains, every parameter trainable.
+public enum TrainBenchmark {
+    public struct Result {
+        public let batch: Int
+        /// Seconds per step: the best of the timed steps (the first step, which allocates the
+        /// optimiser state, is not timed).
+        public let seconds: Double
+        public let steps: Int
+        public let peakRSSBytes: Int
+    }
+
+    public static func run(modelPath: String, batch: Int, steps: Int) throws -> Result {
+        let model = try LiteCLIPModel(path: modelPath, trainable: true)
+        let grads = model.makeGradients()
+        let opt = AdamOptimizer(settings: .init(kind: .adam), gradients: grads)
+        let pixels = InferenceBenchmark.pixels(batch: batch)
+        let tokens = model.tokenizer.encodeBatch(InferenceBenchmark.texts(batch: batch))
+        var rng = SeededRNG(seed: 0)
+        var best = Double.infinity
+        for i in 0..<(steps + 1) {
+            let t0 = Date()
+            grads.zero()
+            _ = model.trainStep(pixels: pixels, batch: batch, tokens: tokens, grads: grads, options: .init(dropout: 0.1), rng: &rng)
+            opt.apply(grads)
+            model.weightsChanged()
+            if i > 0 { best = min(best, Date().timeIntervalSince(t0)) }
+        }
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        return Result(batch: batch, seconds: best, steps: steps, peakRSSBytes: usage.ru_maxrss * 1024)
+    }
+}

@@ -7,8 +7,8 @@ import TensorIO
 struct Liteclip: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "liteclip",
-        abstract: "liteCLIP in Swift: inspect, verify against PyTorch, zero-shot classify, embed.",
-        subcommands: [Inspect.self, Verify.self, ZeroShotCommand.self, Embed.self, Bench.self, Export.self])
+        abstract: "liteCLIP in Swift: inspect, verify against PyTorch, zero-shot classify, embed, benchmark, fine-tune, export back to PyTorch.",
+        subcommands: [Inspect.self, Verify.self, ZeroShotCommand.self, Embed.self, Bench.self, Train.self, Export.self])
 }
 
 /// Thin CLI over `Inspection.inspect`.
@@ -145,8 +145,20 @@ struct Bench: ParsableCommand {
     @Argument(help: "The .lcw model (full size for meaningful figures).") var model: String
     @Option(help: "Timed repetitions per workload (best is reported).") var reps = 3
     @Flag(help: "One JSON object per line.") var json = false
+    @Option(name: .customLong("train-batch"), help: "Instead: time training steps (forward, backward, Adam) at this batch size; reports the best of --reps steps after one untimed step, and peak memory.")
+    var trainBatch: Int?
 
     func run() throws {
+        if let b = trainBatch {
+            let r: TrainBenchmark.Result
+            do { r = try TrainBenchmark.run(modelPath: model, batch: b, steps: reps) } catch { throw fail("bench", error) }
+            if json {
+                print("{\"name\": \"train step, batch \(b)\", \"seconds\": \(r.seconds), \"peak_rss_bytes\": \(r.peakRSSBytes)}")
+            } else {
+                print(String(format: "train step, batch %d: %.3f s (best of %d), peak RSS %.2f GiB", b, r.seconds, r.steps, Double(r.peakRSSBytes) / Double(1 << 30)))
+            }
+            return
+        }
         let m: LiteCLIPModel
         do { m = try LiteCLIPModel(path: model) } catch { throw fail("bench", error) }
         for r in InferenceBenchmark.run(model: m, reps: reps) {
