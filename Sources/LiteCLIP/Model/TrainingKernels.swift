@@ -73,9 +73,31 @@ extension Kernels {
     @inline(__always)
     static func geluDerivative(_ v: SIMD8<Float>) -> SIMD8<Float> {
         let cdf = 0.5 * (1 + erf8(v * 0.70710678118654752))
-        var pdf = SIMD8<Float>()
-        for l in 0..<8 { pdf[l] = expf(-0.5 * v[l] * v[l]) }
-        return cdf + v * pdf * 0.3989422804014327
+        return cdf + v * exp8(-0.5 * v * v) * 0.3989422804014327
+    }
+
+    /// `exp(x)` 8 wide (Cephes' expf: x = n ln2 + r, |r| <= ln2/2, a degree-5 polynomial for
+    /// e^r, scaled by 2^n through the exponent bits); relative error ~2e-7; inputs below -87
+    /// give 0.
+    @inline(__always)
+    static func exp8(_ xIn: SIMD8<Float>) -> SIMD8<Float> {
+        var x = xIn
+        x.replace(with: 88, where: x .> 88)
+        let tiny = x .< -87
+        x.replace(with: -87, where: tiny)
+        let n = (x * 1.44269504088896341).rounded(.toNearestOrEven)
+        let r = x - n * 0.693359375 + n * 2.12194440e-4
+        var p = SIMD8<Float>(repeating: 1.9875691500e-4)
+        p = p * r + 1.3981999507e-3
+        p = p * r + 8.3334519073e-3
+        p = p * r + 4.1665795894e-2
+        p = p * r + 1.6666665459e-1
+        p = p * r + 5.0000001201e-1
+        let er = p * r * r + r + 1
+        let bits = (SIMD8<Int32>(n) &+ 127) &<< 23
+        var out = er * unsafeBitCast(bits, to: SIMD8<Float>.self)
+        out.replace(with: 0, where: tiny)
+        return out
     }
 
     /// `y = gelu(x)` into a separate buffer.

@@ -59,13 +59,15 @@ public final class AdamOptimizer {
     }
 
     /// Applies one step to the parameters from their gradients. Returns the gradient norm
-    /// before clipping.
+    /// before clipping when clipping (nil otherwise: it is not computed).
     @discardableResult
-    public func apply(_ g: Gradients) -> Double {
-        let norm = Self.globalNorm(g)
+    public func apply(_ g: Gradients) -> Double? {
+        var norm: Double? = nil
         if let maxNorm = settings.clipNorm {
+            let n = Self.globalNorm(g)
+            norm = n
             // clip_grad_norm_: coef = max_norm / (norm + 1e-6), clamped to 1, always applied.
-            let coef = Float(min(maxNorm / (norm + 1e-6), 1))
+            let coef = Float(min(maxNorm / (n + 1e-6), 1))
             for b in g.buffers { if let b { for i in 0..<b.count { b.data[i] *= coef } } }
         }
         step += 1
@@ -78,16 +80,33 @@ public final class AdamOptimizer {
         for (i, gb) in g.buffers.enumerated() {
             guard let gb, let mt = m[i], let vt = v[i] else { continue }
             let p = g.tensors[i].data, gr = gb.data, mp = mt.data, vp = vt.data
+            // The same arithmetic 8 wide, then the tail.
+            @inline(__always) func update(_ pj: inout SIMD8<Float>, _ gj0: SIMD8<Float>, _ mj: inout SIMD8<Float>, _ vj: inout SIMD8<Float>) {
+                var gj = gj0
+                if l2 != 0 { gj += l2 * pj }
+                if let decay { pj *= decay }
+                mj = mj + w1 * (gj - mj)
+                vj = vj * b2 + w2 * gj * gj
+                let denom = vj.squareRoot() / bc2Sqrt + eps
+                pj = pj + stepSize * mj / denom
+            }
             Kernels.parallelFor(gb.count, grain: 1 << 14) { range in
-                for j in range {
-                    var gj = gr[j]
-                    if l2 != 0 { gj += l2 * p[j] }
-                    if let decay { p[j] *= decay }
-                    // torch.lerp with weight < 0.5: self + weight * (end - self).
-                    mp[j] = mp[j] + w1 * (gj - mp[j])
-                    vp[j] = vp[j] * b2 + w2 * gj * gj
-                    let denom = vp[j].squareRoot() / bc2Sqrt + eps
-                    p[j] = p[j] + stepSize * mp[j] / denom
+                var j = range.lowerBound
+                while j + 8 <= range.upperBound {
+                    var pj = UnsafeRawPointer(p + j).loadUnaligned(as: SIMD8<Float>.self)
+                    var mj = UnsafeRawPointer(mp + j).loadUnaligned(as: SIMD8<Float>.self)
+                    var vj = UnsafeRawPointer(vp + j).loadUnaligned(as: SIMD8<Float>.self)
+                    update(&pj, UnsafeRawPointer(gr + j).loadUnaligned(as: SIMD8<Float>.self), &mj, &vj)
+                    UnsafeMutableRawPointer(p + j).storeBytes(of: pj, as: SIMD8<Float>.self)
+                    UnsafeMutableRawPointer(mp + j).storeBytes(of: mj, as: SIMD8<Float>.self)
+                    UnsafeMutableRawPointer(vp + j).storeBytes(of: vj, as: SIMD8<Float>.self)
+                    j += 8
+                }
+                while j < range.upperBound {
+                    var pj = SIMD8<Float>(repeating: p[j]), mj = SIMD8<Float>(repeating: mp[j]), vj = SIMD8<Float>(repeating: vp[j])
+                    update(&pj, SIMD8<Float>(repeating: gr[j]), &mj, &vj)
+                    p[j] = pj[0]; mp[j] = mj[0]; vp[j] = vj[0]
+                    j += 1
                 }
             }
         }
