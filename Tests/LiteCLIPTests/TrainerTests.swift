@@ -248,3 +248,49 @@ final class TrainerTests: XCTestCase {
         checkFD("contrastive loss", params: &logits, h: 1e-2, forward: { [Contrastive.loss(logits: $0, batch: 3).loss] }, analytic: dl, probe: [1])
     }
 }
+
+/// `liteclip train` as a user runs it: Ctrl-C (SIGINT) mid-run leaves the last complete
+/// checkpoint intact (and no temporary file), and `--resume` continues from it; then
+/// `liteclip export` of the result reads back equal to the trained weights.
+final class TrainCLITests: XCTestCase {
+    func testInterruptLeavesTheLastCheckpointAndResumeWorks() throws {
+        let (dir, model) = try TrainerTests.setUp()
+        let args = [model, "--captions", dir + "/captions.txt", "--images", Fixtures.seed + "/examples", "--out", dir + "/t.lcw",
+                    "--batch-size", "2", "--epochs", "500", "--seed", "3", "-q"]
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: CLITests.binDir + "/liteclip")
+        p.arguments = ["train"] + args
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        let ckpt = dir + "/t.lcw.ckpt"
+        let deadline = Date().addingTimeInterval(120)
+        while !FileManager.default.fileExists(atPath: ckpt) && Date() < deadline && p.isRunning { usleep(50_000) }
+        XCTAssertTrue(FileManager.default.fileExists(atPath: ckpt), "no checkpoint within 2 minutes")
+        usleep(300_000)   // let it get into the next epoch (or the next checkpoint write)
+        kill(p.processIdentifier, SIGINT)
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 128 + SIGINT, "interrupted")
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.contains(".tmp-") }
+        XCTAssertEqual(leftovers, [], "no temporary files")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/t.lcw"), "the result is only written at the end")
+        let saved = try LCWReader.open(ckpt)   // intact: opens and validates
+        let state = try XCTUnwrap((try JSONSerialization.jsonObject(with: saved.metadataJSON) as? [String: Any])?["training"] as? [String: Any])
+        let steps = try XCTUnwrap(state["global_step"] as? Int)
+        XCTAssertGreaterThan(steps, 0)
+
+        // Two more steps from where it stopped.
+        let r = try CLITests.run("liteclip", ["train", model, "--captions", dir + "/captions.txt", "--images", Fixtures.seed + "/examples",
+                                              "--out", dir + "/u.lcw", "--batch-size", "2", "--epochs", "500", "--seed", "3", "-q",
+                                              "--resume", ckpt, "--max-steps", "\(steps + 2)"])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertTrue(r.err.contains("resumed from"), r.err)
+        _ = try LiteCLIPFile.open(dir + "/u.lcw")
+        let e = try CLITests.run("liteclip", ["export", dir + "/u.lcw", dir + "/u.pt"])
+        XCTAssertEqual(e.status, 0, e.err)
+        let back = try TensorFile.read(ByteSource(mapping: dir + "/u.pt")).tensors
+        let trained = try LiteCLIPFile.open(dir + "/u.lcw").tensors
+        XCTAssertEqual(back.map(\.name), trained.map(\.name))
+        for (a, b) in zip(back, trained) { XCTAssertEqual(try a.load().sha256(), try b.load().sha256(), a.name) }
+    }
+}
