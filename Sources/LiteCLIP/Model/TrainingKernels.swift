@@ -85,7 +85,11 @@ extension Kernels {
         x.replace(with: 88, where: x .> 88)
         let tiny = x .< -87
         x.replace(with: -87, where: tiny)
-        let n = (x * 1.44269504088896341).rounded(.toNearestOrEven)
+        // Round to nearest with the 1.5 * 2^23 trick (plain vector adds; the generic rounding
+        // and Float -> Int32 conversions of SIMD8 go lane by lane).
+        let magic = SIMD8<Float>(repeating: 12_582_912)
+        let t = x * 1.44269504088896341 + magic
+        let n = t - magic
         let r = x - n * 0.693359375 + n * 2.12194440e-4
         var p = SIMD8<Float>(repeating: 1.9875691500e-4)
         p = p * r + 1.3981999507e-3
@@ -94,7 +98,7 @@ extension Kernels {
         p = p * r + 1.6666665459e-1
         p = p * r + 5.0000001201e-1
         let er = p * r * r + r + 1
-        let bits = (SIMD8<Int32>(n) &+ 127) &<< 23
+        let bits = ((unsafeBitCast(t, to: SIMD8<Int32>.self) &- 0x4B40_0000) &+ 127) &<< 23
         var out = er * unsafeBitCast(bits, to: SIMD8<Float>.self)
         out.replace(with: 0, where: tiny)
         return out
