@@ -8,6 +8,7 @@ let package = Package(
         .library(name: "LiteCLIP", targets: ["LiteCLIP"]),
         .executable(name: "liteclip-convert", targets: ["liteclip-convert"]),
         .executable(name: "liteclip", targets: ["liteclip"]),
+        .executable(name: "liteclip-fuzz", targets: ["liteclip-fuzz"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -41,6 +42,9 @@ let package = Package(
             "LiteCLIP", "TensorIO",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        // The fuzz targets (scripts/fuzz builds this product alone with -sanitize=fuzzer,address);
+        // built normally it replays inputs without sanitizers.
+        .executableTarget(name: "liteclip-fuzz", dependencies: ["LiteCLIP", "TensorIO"]),
         // Fixture paths, error assertions and builders for hostile inputs, shared by the tests.
         .target(name: "TestSupport", dependencies: ["TensorIO"], path: "Tests/TestSupport"),
         .testTarget(name: "TensorIOTests", dependencies: ["TensorIO", "TestSupport"]),

@@ -57,7 +57,11 @@ public struct LiteCLIPFile {
     public var tensors: [Checkpoint.Tensor] { lcw.checkpoint.tensors }
 
     public static func open(_ path: String) throws -> LiteCLIPFile {
-        let lcw = try LCWReader.open(path)
+        try validate(LCWReader.open(path), file: path)
+    }
+
+    /// The liteCLIP checks on an opened `.lcw` (metadata, exact tensor set, tokenizer, preprocessing).
+    public static func validate(_ lcw: LCWFile, file path: String) throws -> LiteCLIPFile {
         let meta: LCWMetadata
         do {
             meta = try JSONDecoder().decode(LCWMetadata.self, from: lcw.metadataJSON)
