@@ -36,7 +36,7 @@ extension BertLayer {
 
     func forwardTrain(_ x: Tensor, batch b: Int, t: Int, maskBias: [Float], config c: BertConfig,
                       dropout: Dropout, rng: inout SeededRNG) -> (Tensor, Cache) {
-        let h = c.hiddenSize, heads = c.numAttentionHeads, d = h / heads, rows = b * t, eps = Float(c.layerNormEps)
+        let h = c.hiddenSize, heads = c.numAttentionHeads, rows = b * t, eps = Float(c.layerNormEps)
         let q = Tensor(zeros: [rows, h]), k = Tensor(zeros: [rows, h]), v = Tensor(zeros: [rows, h])
         Kernels.linear(x.data, rows: rows, weight: query.weight, bias: query.bias, into: q.data)
         Kernels.linear(x.data, rows: rows, weight: key.weight, bias: key.bias, into: k.data)
@@ -49,33 +49,8 @@ extension BertLayer {
             probsMask = m
         }
         let ctx = Tensor(zeros: [rows, h])
-        let scale = 1 / Float(d).squareRoot()
-        Kernels.parallelFor(b * heads, grain: 1) { range in
-            var qh = [Float](repeating: 0, count: t * d), kh = qh, vh = qh, ch = qh
-            var pd = [Float](repeating: 0, count: t * t)
-            for bh in range {
-                let r = bh / heads, hd = bh % heads
-                for j in 0..<t { for e in 0..<d {
-                    let src = (r * t + j) * h + hd * d + e
-                    qh[j * d + e] = q.data[src]; kh[j * d + e] = k.data[src]; vh[j * d + e] = v.data[src]
-                } }
-                let sp = probs.data + bh * t * t
-                Kernels.gemm(qh, kh, sp, m: t, n: t, k: d, transB: true)
-                for i in 0..<t {
-                    let row = sp + i * t
-                    var mx = -Float.infinity
-                    for j in 0..<t { row[j] = row[j] * scale + maskBias[r * t + j]; mx = max(mx, row[j]) }
-                    var sum: Float = 0
-                    for j in 0..<t { row[j] = expf(row[j] - mx); sum += row[j] }
-                    let inv = 1 / sum
-                    for j in 0..<t { row[j] *= inv }
-                }
-                if let m = probsMask { for i in 0..<(t * t) { pd[i] = sp[i] * m.data[bh * t * t + i] } }
-                else { pd.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: sp, count: t * t) } }
-                Kernels.gemm(pd, vh, &ch, m: t, n: d, k: t)
-                for j in 0..<t { for e in 0..<d { ctx.data[(r * t + j) * h + hd * d + e] = ch[j * d + e] } }
-            }
-        }
+        Kernels.attention(q: q.data, k: k.data, v: v.data, batch: b, t: t, heads: heads, hidden: h, maskBias: maskBias,
+                          probs: probs.data, dropMask: probsMask?.data, ctx: ctx.data)
         // attention.output: dense, dropout, LayerNorm(. + x).
         let s1 = Tensor(zeros: [rows, h])
         Kernels.linear(ctx.data, rows: rows, weight: attentionOutput.weight, bias: attentionOutput.bias, into: s1.data)

@@ -55,7 +55,7 @@ public struct Bert {
     /// Mean-pooled last hidden state `(B, H)` for token ids `(B, L)` with attention mask.
     /// Ids must be in `0..<vocab` (the tokenizer guarantees it; `forward` clamps defensively).
     public func forward(ids: [Int32], mask: [Int32], batch b: Int, length l: Int) -> [Float] {
-        let c = config, h = c.hiddenSize, heads = c.numAttentionHeads, d = h / heads
+        let c = config, h = c.hiddenSize, heads = c.numAttentionHeads
         let eps = Float(c.layerNormEps)
         // Compute only up to the longest real sequence (exact; see the legend).
         var t = 0
@@ -76,7 +76,6 @@ public struct Bert {
         var q = [Float](repeating: 0, count: rows * h), k = q, v = q, ctx = q, tmp = q
         var inter = [Float](repeating: 0, count: rows * c.intermediateSize)
         var scores = [Float](repeating: 0, count: b * heads * t * t)
-        let scale = 1 / Float(d).squareRoot()
         x.withUnsafeMutableBufferPointer { X in
             let xp = X.baseAddress!
             Kernels.layerNormRows(xp, rows: rows, n: h, weight: embeddingsNorm.weight, bias: embeddingsNorm.bias, eps: eps, into: xp)
@@ -86,30 +85,8 @@ public struct Bert {
                     Kernels.linear(xp, rows: rows, weight: layer.query.weight, bias: layer.query.bias, into: Q.baseAddress!)
                     Kernels.linear(xp, rows: rows, weight: layer.key.weight, bias: layer.key.bias, into: K.baseAddress!)
                     Kernels.linear(xp, rows: rows, weight: layer.value.weight, bias: layer.value.bias, into: V.baseAddress!)
-                    // Per (text, head): scores = Q K^T * scale + mask; softmax; ctx = P V.
-                    Kernels.parallelFor(b * heads, grain: 1) { range in
-                        var qh = [Float](repeating: 0, count: t * d), kh = qh, vh = qh, ch = qh
-                        for bh in range {
-                            let r = bh / heads, hd = bh % heads
-                            for j in 0..<t { for e in 0..<d {
-                                let src = (r * t + j) * h + hd * d + e
-                                qh[j * d + e] = Q[src]; kh[j * d + e] = K[src]; vh[j * d + e] = V[src]
-                            } }
-                            let sp = S.baseAddress! + bh * t * t
-                            Kernels.gemm(qh, kh, sp, m: t, n: t, k: d, transB: true)
-                            for i in 0..<t {
-                                let row = sp + i * t
-                                var mx = -Float.infinity
-                                for j in 0..<t { row[j] = row[j] * scale + bias[r * t + j]; mx = max(mx, row[j]) }
-                                var sum: Float = 0
-                                for j in 0..<t { row[j] = expf(row[j] - mx); sum += row[j] }
-                                let inv = 1 / sum
-                                for j in 0..<t { row[j] *= inv }
-                            }
-                            Kernels.gemm(sp, vh, &ch, m: t, n: d, k: t)
-                            for j in 0..<t { for e in 0..<d { CT[(r * t + j) * h + hd * d + e] = ch[j * d + e] } }
-                        }
-                    }
+                    Kernels.attention(q: Q.baseAddress!, k: K.baseAddress!, v: V.baseAddress!, batch: b, t: t, heads: heads, hidden: h,
+                                      maskBias: bias, probs: S.baseAddress!, dropMask: nil, ctx: CT.baseAddress!)
                 } } } } }
                 // attention.output: dense, dropout (eval: identity), LayerNorm(x + attn).
                 ctx.withUnsafeBufferPointer { CT in tmp.withUnsafeMutableBufferPointer { TM in

@@ -141,13 +141,7 @@ extension ConvNeXt {
         }
         // Head: global average pool, LayerNorm (keeping xhat, rstd).
         let cl = c.outputDim, hw = h * w
-        var pooled = [Float](repeating: 0, count: b * cl)
-        for ch in 0..<cl { for n in 0..<b {
-            let plane = x.data + (ch * b + n) * hw
-            var s: Float = 0
-            for j in 0..<hw { s += plane[j] }
-            pooled[n * cl + ch] = s / Float(hw)
-        } }
+        let pooled = Self.globalAveragePool(x, channels: cl, batch: b, hw: hw)
         let hx = Tensor(zeros: [b, cl]), hr = Tensor(zeros: [b])
         var out = [Float](repeating: 0, count: b * cl)
         pooled.withUnsafeBufferPointer { pb in out.withUnsafeMutableBufferPointer { ob in

@@ -111,6 +111,18 @@ public struct ConvNeXt {
         headNorm = try LayerNormParams(s.child("head").child("norm"), c.outputDim)
     }
 
+    /// `(B, C)` row-major means of each (channel, image) plane of `[C][B][hw]`.
+    static func globalAveragePool(_ x: Tensor, channels cl: Int, batch b: Int, hw: Int) -> [Float] {
+        var pooled = [Float](repeating: 0, count: b * cl)
+        for ch in 0..<cl { for n in 0..<b {
+            let plane = x.data + (ch * b + n) * hw
+            var s: Float = 0
+            for j in 0..<hw { s += plane[j] }
+            pooled[n * cl + ch] = s / Float(hw)
+        } }
+        return pooled
+    }
+
     /// Pooled features `(B, C3)` for pixel values `(B, 3, S, S)` (NCHW, as PyTorch).
     public func forward(pixels: UnsafePointer<Float>, batch b: Int, size: Int) -> [Float] {
         let c = config
@@ -147,13 +159,7 @@ public struct ConvNeXt {
         }
         // Head: global average pool, then LayerNorm over channels (fc is Identity).
         let cl = c.outputDim, hw = h * w
-        var pooled = [Float](repeating: 0, count: b * cl)
-        for ch in 0..<cl { for n in 0..<b {
-            let plane = x.data + (ch * b + n) * hw
-            var s: Float = 0
-            for j in 0..<hw { s += plane[j] }
-            pooled[n * cl + ch] = s / Float(hw)
-        } }
+        let pooled = Self.globalAveragePool(x, channels: cl, batch: b, hw: hw)
         var out = [Float](repeating: 0, count: b * cl)
         pooled.withUnsafeBufferPointer { pb in out.withUnsafeMutableBufferPointer { ob in
             Kernels.layerNormRows(pb.baseAddress!, rows: b, n: cl, weight: headNorm.weight, bias: headNorm.bias, eps: eps, into: ob.baseAddress!)

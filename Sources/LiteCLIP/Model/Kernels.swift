@@ -108,6 +108,46 @@ public enum Kernels {
         }
     }
 
+    // MARK: - Attention
+
+    /// Scaled dot-product attention per (text, head) on row-major `[B*T][H]` q, k, v (heads are
+    /// column blocks of D = H / A): `probs[bh] = softmax(q k^T / sqrt(D) + maskBias[text])`
+    /// (kept, `(B*A, T, T)`), `ctx = (probs * dropMask) v`. As transformers' eager attention.
+    static func attention(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, batch b: Int, t: Int,
+                          heads: Int, hidden h: Int, maskBias: [Float], probs: UnsafeMutablePointer<Float>,
+                          dropMask: UnsafePointer<Float>?, ctx: UnsafeMutablePointer<Float>) {
+        let d = h / heads, scale = 1 / Float(d).squareRoot()
+        parallelFor(b * heads, grain: 1) { range in
+            var qh = [Float](repeating: 0, count: t * d), kh = qh, vh = qh, ch = qh
+            var pd = [Float](repeating: 0, count: dropMask == nil ? 0 : t * t)
+            for bh in range {
+                let r = bh / heads, hd = bh % heads
+                for j in 0..<t { for e in 0..<d {
+                    let src = (r * t + j) * h + hd * d + e
+                    qh[j * d + e] = q[src]; kh[j * d + e] = k[src]; vh[j * d + e] = v[src]
+                } }
+                let sp = probs + bh * t * t
+                gemm(qh, kh, sp, m: t, n: t, k: d, transB: true)
+                for i in 0..<t {
+                    let row = sp + i * t
+                    var mx = -Float.infinity
+                    for j in 0..<t { row[j] = row[j] * scale + maskBias[r * t + j]; mx = max(mx, row[j]) }
+                    var sum: Float = 0
+                    for j in 0..<t { row[j] = expf(row[j] - mx); sum += row[j] }
+                    let inv = 1 / sum
+                    for j in 0..<t { row[j] *= inv }
+                }
+                if let m = dropMask {
+                    for i in 0..<(t * t) { pd[i] = sp[i] * m[bh * t * t + i] }
+                    gemm(pd, vh, &ch, m: t, n: d, k: t)
+                } else {
+                    gemm(sp, vh, &ch, m: t, n: d, k: t)
+                }
+                for j in 0..<t { for e in 0..<d { ctx[(r * t + j) * h + hd * d + e] = ch[j * d + e] } }
+            }
+        }
+    }
+
     // MARK: - GELU (exact, erf form)
 
     /// `0.5 x (1 + erf(x / sqrt 2))`, in place, as `nn.GELU()` and BERT's "gelu".
@@ -160,51 +200,17 @@ public enum Kernels {
 
     /// LayerNorm over the last dimension of row-major `[rows x n]`, in place or into `y`.
     /// `y = (x - mean) / sqrt(var + eps) * w + b`, biased variance, as `nn.LayerNorm`.
+    /// (Training's `layerNormRowsForward` is the same pass keeping `xhat` and `rstd`.)
     static func layerNormRows(_ x: UnsafePointer<Float>, rows: Int, n: Int, weight: Tensor, bias: Tensor, eps: Float,
                               into y: UnsafeMutablePointer<Float>) {
-        parallelFor(rows, grain: max(1, 4096 / max(n, 1))) { range in
-            for r in range {
-                let xr = x + r * n, yr = y + r * n
-                var mean: Float = 0
-                for i in 0..<n { mean += xr[i] }
-                mean /= Float(n)
-                var v: Float = 0
-                for i in 0..<n { let d = xr[i] - mean; v += d * d }
-                let rstd = 1 / (v / Float(n) + eps).squareRoot()
-                for i in 0..<n { yr[i] = (xr[i] - mean) * rstd * weight.data[i] + bias.data[i] }
-            }
-        }
+        layerNormRowsForward(x, rows: rows, n: n, weight: weight, bias: bias, eps: eps, xhat: nil, rstd: nil, into: y)
     }
 
     /// LayerNorm over channels of channels-first planes `[C x P]` (timm's LayerNorm2d and the
     /// ConvNeXt block norm): for each column p, normalise x[0..<C][p]. Vectorised along p.
     static func layerNormChannels(_ x: UnsafePointer<Float>, channels c: Int, columns p: Int, weight: Tensor, bias: Tensor,
                                   eps: Float, into y: UnsafeMutablePointer<Float>) {
-        parallelFor(p, grain: 512) { range in
-            let w = range.count
-            var mean = [Float](repeating: 0, count: w), sq = [Float](repeating: 0, count: w)
-            mean.withUnsafeMutableBufferPointer { m in
-                sq.withUnsafeMutableBufferPointer { s in
-                    let lo = range.lowerBound
-                    for ch in 0..<c {
-                        let row = x + ch * p + lo
-                        for j in 0..<w { m[j] += row[j] }
-                    }
-                    let inv = 1 / Float(c)
-                    for j in 0..<w { m[j] *= inv }
-                    for ch in 0..<c {
-                        let row = x + ch * p + lo
-                        for j in 0..<w { let d = row[j] - m[j]; s[j] += d * d }
-                    }
-                    for j in 0..<w { s[j] = 1 / (s[j] * inv + eps).squareRoot() }
-                    for ch in 0..<c {
-                        let row = x + ch * p + lo, out = y + ch * p + lo
-                        let g = weight.data[ch], b = bias.data[ch]
-                        for j in 0..<w { out[j] = (row[j] - m[j]) * s[j] * g + b }
-                    }
-                }
-            }
-        }
+        layerNormChannelsForward(x, channels: c, columns: p, weight: weight, bias: bias, eps: eps, xhat: nil, rstd: nil, into: y)
     }
 
     // MARK: - Convolutions (channels-first planes)

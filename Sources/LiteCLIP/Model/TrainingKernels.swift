@@ -112,21 +112,26 @@ extension Kernels {
 
     // MARK: - LayerNorm over rows (BERT, projection heads, ConvNeXt head)
 
-    /// Forward keeping `xhat (rows, n)` and `rstd (rows)`; `y = xhat * w + b`.
+    /// Forward keeping `xhat (rows, n)` and `rstd (rows)` when given; `y = xhat * w + b`
+    /// (in place allowed).
     static func layerNormRowsForward(_ x: UnsafePointer<Float>, rows: Int, n: Int, weight: Tensor, bias: Tensor, eps: Float,
-                                     xhat: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>,
+                                     xhat: UnsafeMutablePointer<Float>?, rstd: UnsafeMutablePointer<Float>?,
                                      into y: UnsafeMutablePointer<Float>) {
         parallelFor(rows, grain: max(1, 4096 / max(n, 1))) { range in
             for r in range {
-                let xr = x + r * n, hr = xhat + r * n, yr = y + r * n
+                let xr = x + r * n, yr = y + r * n
                 var mean: Float = 0
                 for i in 0..<n { mean += xr[i] }
                 mean /= Float(n)
                 var v: Float = 0
                 for i in 0..<n { let d = xr[i] - mean; v += d * d }
                 let rs = 1 / (v / Float(n) + eps).squareRoot()
-                rstd[r] = rs
-                for i in 0..<n { hr[i] = (xr[i] - mean) * rs; yr[i] = hr[i] * weight.data[i] + bias.data[i] }
+                rstd?[r] = rs
+                if let hr = xhat.map({ $0 + r * n }) {
+                    for i in 0..<n { hr[i] = (xr[i] - mean) * rs; yr[i] = hr[i] * weight.data[i] + bias.data[i] }
+                } else {
+                    for i in 0..<n { yr[i] = (xr[i] - mean) * rs * weight.data[i] + bias.data[i] }
+                }
             }
         }
     }
@@ -165,23 +170,30 @@ extension Kernels {
 
     // MARK: - LayerNorm over channels (ConvNeXt planes)
 
-    /// Forward keeping `xhat (C, P)` and `rstd (P)`.
+    /// Forward keeping `xhat (C, P)` and `rstd (P)` when given (in place allowed).
     static func layerNormChannelsForward(_ x: UnsafePointer<Float>, channels c: Int, columns p: Int, weight: Tensor, bias: Tensor,
-                                         eps: Float, xhat: UnsafeMutablePointer<Float>, rstd: UnsafeMutablePointer<Float>,
+                                         eps: Float, xhat: UnsafeMutablePointer<Float>?, rstd: UnsafeMutablePointer<Float>?,
                                          into y: UnsafeMutablePointer<Float>) {
         parallelFor(p, grain: 512) { range in
             let w = range.count, lo = range.lowerBound
             var mean = [Float](repeating: 0, count: w), sq = [Float](repeating: 0, count: w)
-            for ch in 0..<c { let row = x + ch * p + lo; for j in 0..<w { mean[j] += row[j] } }
-            let inv = 1 / Float(c)
-            for j in 0..<w { mean[j] *= inv }
-            for ch in 0..<c { let row = x + ch * p + lo; for j in 0..<w { let d = row[j] - mean[j]; sq[j] += d * d } }
-            for j in 0..<w { sq[j] = 1 / (sq[j] * inv + eps).squareRoot(); rstd[lo + j] = sq[j] }
-            for ch in 0..<c {
-                let row = x + ch * p + lo, h = xhat + ch * p + lo, out = y + ch * p + lo
-                let g = weight.data[ch], b = bias.data[ch]
-                for j in 0..<w { h[j] = (row[j] - mean[j]) * sq[j]; out[j] = h[j] * g + b }
-            }
+            mean.withUnsafeMutableBufferPointer { m in sq.withUnsafeMutableBufferPointer { s in
+                for ch in 0..<c { let row = x + ch * p + lo; for j in 0..<w { m[j] += row[j] } }
+                let inv = 1 / Float(c)
+                for j in 0..<w { m[j] *= inv }
+                for ch in 0..<c { let row = x + ch * p + lo; for j in 0..<w { let d = row[j] - m[j]; s[j] += d * d } }
+                for j in 0..<w { s[j] = 1 / (s[j] * inv + eps).squareRoot() }
+                if let rstd { for j in 0..<w { rstd[lo + j] = s[j] } }
+                for ch in 0..<c {
+                    let row = x + ch * p + lo, out = y + ch * p + lo
+                    let g = weight.data[ch], b = bias.data[ch]
+                    if let h = xhat.map({ $0 + ch * p + lo }) {
+                        for j in 0..<w { h[j] = (row[j] - m[j]) * s[j]; out[j] = h[j] * g + b }
+                    } else {
+                        for j in 0..<w { out[j] = (row[j] - m[j]) * s[j] * g + b }
+                    }
+                }
+            } }
         }
     }
 
