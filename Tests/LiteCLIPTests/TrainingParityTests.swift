@@ -73,7 +73,7 @@ final class TrainingParityTests: XCTestCase {
         XCTAssertLessThan(Self.maxAbsDiff(r.logits, g.values["logits_per_image"]!), 1e-4, "logits")
 
         var report: [String] = [], failures: [String] = []
-        var checked = 0
+        var checked = 0, worst: (String, Float) = ("", 0)
         for name in grads.names {
             let ref = try XCTUnwrap(g.values["grad." + name], "PyTorch has no gradient for \(name)")
             let mine = try XCTUnwrap(grads.gradient(name), name)
@@ -86,12 +86,14 @@ final class TrainingParityTests: XCTestCase {
             let diff = Self.maxAbsDiff(mine, ref)
             let line = String(format: "%@: maxdiff %.3e, max |grad| %.3e, ratio %.2e", name, diff, scale, scale > 0 ? diff / scale : diff)
             report.append(line)
+            if scale > 0, diff / scale > worst.1 { worst = (name, diff / scale) }
             if scale > 0 ? diff > 1e-4 * scale : diff != 0 { failures.append(line) }
             checked += 1
         }
         XCTAssertEqual(checked, g.values.keys.filter { $0.hasPrefix("grad.") }.count, "every PyTorch gradient is compared")
         XCTAssertTrue(failures.isEmpty, "gradients differing from PyTorch's (tolerance 1e-4 of max |grad|):\n" + failures.joined(separator: "\n"))
         if !failures.isEmpty { print(report.joined(separator: "\n")) }
+        print("gradients: \(checked) compared; largest maxdiff / max|grad| \(worst.1) (\(worst.0)); loss Swift \(r.loss) PyTorch \(refLoss)")
     }
 
     /// Gradients that are zero in exact arithmetic: the key bias (softmax shift invariance).
