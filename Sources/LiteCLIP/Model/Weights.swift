@@ -1,3 +1,4 @@
+import Foundation
 import TensorIO
 
 /// A float32 tensor of model weights or activations, row-major.
@@ -15,7 +16,7 @@ public final class Tensor: @unchecked Sendable {
     public init(zeros shape: [Int]) {
         self.shape = shape
         let n = max(shape.reduce(1, *), 1)
-        let raw = UnsafeMutableRawPointer.allocate(byteCount: n * 4, alignment: 64)
+        let raw = BufferPool.take(n * 4)
         raw.initializeMemory(as: Float.self, repeating: 0, count: n)
         data = raw.assumingMemoryBound(to: Float.self)
         owner = nil
@@ -52,12 +53,51 @@ public final class Tensor: @unchecked Sendable {
         }
     }
 
-    deinit { if owned { UnsafeMutableRawPointer(data).deallocate() } }
+    deinit { if owned { BufferPool.give(UnsafeMutableRawPointer(data), max(count, 1) * 4) } }
 
     public var array: [Float] { Array(UnsafeBufferPointer(start: data, count: count)) }
 
     /// The scalar value of a 0-d tensor (or the first element).
     public var scalar: Float { data[0] }
+}
+
+/// Recycles large activation buffers. A training step allocates the same sizes every step;
+/// buffers this large come from fresh `mmap`s, so without recycling every step pays the
+/// kernel's page faults and page zeroing (8% of a batch-64 step, perf) on top of our own fill.
+/// Holds at most `maxCachedBytes` of free buffers; smaller ones go straight to the allocator.
+enum BufferPool {
+    static let minBytes = 1 << 20
+    static let maxCachedBytes = 4 << 30
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var free: [Int: [UnsafeMutableRawPointer]] = [:]
+    nonisolated(unsafe) private static var cachedBytes = 0
+
+    static func take(_ bytes: Int) -> UnsafeMutableRawPointer {
+        if bytes >= minBytes {
+            lock.lock()
+            if let p = free[bytes]?.popLast() {
+                cachedBytes -= bytes
+                lock.unlock()
+                return p
+            }
+            lock.unlock()
+        }
+        return UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+    }
+
+    static func give(_ p: UnsafeMutableRawPointer, _ bytes: Int) {
+        if bytes >= minBytes {
+            lock.lock()
+            if cachedBytes + bytes <= maxCachedBytes {
+                free[bytes, default: []].append(p)
+                cachedBytes += bytes
+                lock.unlock()
+                return
+            }
+            lock.unlock()
+        }
+        p.deallocate()
+    }
 }
 
 private final class BytesBox { let bytes: TensorBytes; init(_ b: TensorBytes) { bytes = b } }
