@@ -276,9 +276,9 @@ public enum ONNXParameters {
         case .foldedPositions, .foldedTokenType:
             preconditionFailure("folded lookups are rebuilt by unfoldEmbeddings")
         case .asIs:
-            return Checkpoint.Tensor(name: name, dtype: t.dtype, shape: t.shape, origin: "initializer '\(t.name)'", loader: t.load)
+            return Checkpoint.Tensor(name: name, dtype: t.dtype, shape: t.shape, origin: "initializer '\(t.name)'") { try t.load() }
         case .flattened:
-            return Checkpoint.Tensor(name: name, dtype: t.dtype, shape: [t.shape[1]], origin: "initializer '\(t.name)' (1, C, 1, 1) -> (C)", loader: t.load)
+            return Checkpoint.Tensor(name: name, dtype: t.dtype, shape: [t.shape[1]], origin: "initializer '\(t.name)' (1, C, 1, 1) -> (C)") { try t.load() }
         case .exponentiated:
             return Checkpoint.Tensor(name: name, dtype: .f32, shape: [], origin: "initializer '\(t.name)' = exp(logit_scale)") {
                 let v = DTypeConversion.convert(try t.load(), from: t.dtype, to: .f32).withBytes { $0.loadUnaligned(as: Float.self) }
