@@ -276,20 +276,7 @@ public enum Kernels {
         var col = [Float](repeating: 0, count: kdim * cols)
         col.withUnsafeMutableBufferPointer { cb in
             let cp = cb.baseAddress!
-            parallelFor(kdim, grain: 1) { rows in
-                for row in rows {
-                    let ci = row / (s * s), ky = (row / s) % s, kx = row % s
-                    let dst = cp + row * cols
-                    for b in 0..<batch {
-                        let plane = x + (ci * batch + b) * h * w
-                        for oy in 0..<ho {
-                            let src = plane + (oy * s + ky) * w + kx
-                            let d = dst + (b * ho + oy) * wo
-                            for ox in 0..<wo { d[ox] = src[ox * s] }
-                        }
-                    }
-                }
-            }
+            patchColumns(x, inChannels: cin, batch: batch, h: h, w: w, stride: s, into: cp)
             pointwise(cp, columns: cols, weight: Tensor(shape: [weight.shape[0], kdim], sharing: weight), bias: bias, into: y)
         }
     }
