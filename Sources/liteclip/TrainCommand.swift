@@ -96,8 +96,6 @@ struct Train: ParsableCommand {
                     if lines.count > 10 { say("  ... and \(lines.count - 10) more") }
                 case let .earlyStop(epoch):
                     say("early stop after epoch \(epoch): no better validation loss for \(o.patience) epochs")
-                case let .message(m):
-                    say(m)
                 }
             }
             let losses = summary.trainLosses.map { String(format: "%.4f", $0) }.joined(separator: ", ")

@@ -12,7 +12,6 @@ import Foundation
 struct Dropout {
     var hidden: Float
     var attention: Float
-    static let none = Dropout(hidden: 0, attention: 0)
 }
 
 extension BertLayer {

@@ -209,9 +209,4 @@ extension LiteCLIPModel {
 
     /// After an optimiser step: recompute what inference derives from the weights.
     public func weightsChanged() { imageEncoder.refreshDerived() }
-
-    /// The current weights by checkpoint name, in load order (pooler excluded).
-    public var namedWeights: [(name: String, shape: [Int], values: UnsafeBufferPointer<Float>)] {
-        parameters.map { ($0.name, $0.tensor.shape, UnsafeBufferPointer(start: $0.tensor.data, count: $0.tensor.count)) }
-    }
 }

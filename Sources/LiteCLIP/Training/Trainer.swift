@@ -35,7 +35,6 @@ public final class Trainer {
         case checkpoint(path: String)
         case skipped([String])
         case earlyStop(epoch: Int)
-        case message(String)
     }
 
     public struct Summary {
