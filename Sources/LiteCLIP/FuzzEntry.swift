@@ -22,6 +22,10 @@ public enum FuzzEntry: String, CaseIterable, Sendable {
     case image
     /// The tokenizer on arbitrary UTF-8 (and invalid UTF-8, decoded with replacement).
     case tokenizer
+    /// A `liteclip train` captions file (CSV or JSON lines, told apart by the first byte as for
+    /// a file without a known extension), rows checked against an images folder that holds
+    /// nothing, so only absolute image paths can resolve.
+    case captions
 
     /// The tokenizer the `tokenizer` target uses (the seed's vocabulary), built once by the
     /// harness; without one the target does nothing.
@@ -61,6 +65,10 @@ public enum FuzzEntry: String, CaseIterable, Sendable {
                 let text = String(decoding: bytes, as: UTF8.self)
                 _ = tok.encode(text)
                 _ = tok.encodeBatch([text, String(text.prefix(7))])
+            case .captions:
+                _ = try bytes.withUnsafeBytes { raw in
+                    try CaptionDataset.parse(raw, file: "fuzz.captions", images: "/nonexistent/liteclip-fuzz-images")
+                }
             }
             return nil
         } catch {

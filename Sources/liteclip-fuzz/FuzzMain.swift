@@ -1,7 +1,7 @@
 import Foundation
 import LiteCLIP
 
-/// The fuzz targets, one binary: `LITECLIP_FUZZ_TARGET=<pickle|pt|safetensors|onnx|lcw|image|tokenizer>`
+/// The fuzz targets, one binary: `LITECLIP_FUZZ_TARGET=<pickle|pt|safetensors|onnx|lcw|image|tokenizer|captions>`
 /// picks the surface (`FuzzEntry`). Built by scripts/fuzz with `-sanitize=fuzzer,address
 /// -DFUZZING`, libFuzzer supplies `main` and calls `LLVMFuzzerTestOneInput`. Built normally, it
 /// is a replay tool without sanitizers: `liteclip-fuzz TARGET FILE...` runs each file once and

@@ -75,21 +75,26 @@ public struct CaptionDataset: Sendable {
             throw ModelError(.badConfig, file: captions,
                              "the captions file is \(source.count) bytes; at most \(maxFileBytes) (1 GiB) are accepted")
         }
-        return try source.withBytes { bytes in
-            let format = detectFormat(path: captions, bytes)
-            var rows = RowCollector(file: captions, images: images)
-            switch format {
-            case .csv: try readCSV(bytes, file: captions, into: &rows)
-            case .jsonl: try readJSONL(bytes, file: captions, into: &rows)
-            }
-            guard !rows.samples.isEmpty else {
-                let first = rows.skipped.prefix(5).map { "\n  " + $0 }.joined()
-                let more = rows.skipped.count > 5 ? "\n  ... (\(rows.skipped.count - 5) more)" : ""
-                throw ModelError(.badConfig, file: captions,
-                                 "no usable rows (\(rows.skipped.count) skipped)" + first + more)
-            }
-            return CaptionDataset(samples: rows.samples, skipped: rows.skipped, format: format)
+        return try source.withBytes { try parse($0, file: captions, images: images) }
+    }
+
+    /// The rows of a captions file's bytes (`file` names it in errors and decides the format by
+    /// its extension); image paths are checked inside `images`. What `load` runs, and the
+    /// `captions` fuzz target.
+    public static func parse(_ bytes: UnsafeRawBufferPointer, file: String, images: String) throws -> CaptionDataset {
+        let format = detectFormat(path: file, bytes)
+        var rows = RowCollector(file: file, images: images)
+        switch format {
+        case .csv: try readCSV(bytes, file: file, into: &rows)
+        case .jsonl: try readJSONL(bytes, file: file, into: &rows)
         }
+        guard !rows.samples.isEmpty else {
+            let first = rows.skipped.prefix(5).map { "\n  " + $0 }.joined()
+            let more = rows.skipped.count > 5 ? "\n  ... (\(rows.skipped.count - 5) more)" : ""
+            throw ModelError(.badConfig, file: file,
+                             "no usable rows (\(rows.skipped.count) skipped)" + first + more)
+        }
+        return CaptionDataset(samples: rows.samples, skipped: rows.skipped, format: format)
     }
 
     /// `.csv`/`.txt` are CSV and `.jsonl`/`.json`/`.ndjson` JSON lines; any other name is JSON
