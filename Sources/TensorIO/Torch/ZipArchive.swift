@@ -64,7 +64,7 @@ final class ZipArchive {
         // Zip64: locator right before the EOCD.
         if eocd >= 20, b.le32(eocd - 20) == 0x0706_4b50 {
             let z64 = b.le64(eocd - 20 + 8)
-            guard z64 <= UInt64(b.count - 56) else { throw bad(.truncated, "zip64 end of central directory", "offset \(z64) past end of file") }
+            guard b.count >= 56, z64 <= UInt64(b.count - 56) else { throw bad(.truncated, "zip64 end of central directory", "offset \(z64) past end of file") }
             let z = Int(z64)
             guard b.le32(z) == 0x0606_4b50 else { throw bad("zip64 end of central directory @ byte \(z)", "bad signature") }
             let c64 = b.le64(z + 32), s64 = b.le64(z + 40), o64 = b.le64(z + 48)
@@ -117,7 +117,7 @@ final class ZipArchive {
             guard seen.insert(name).inserted else { throw bad(.duplicateName, "entry '\(name)'", "the archive holds two entries named '\(name)'") }
             guard flags & 1 == 0 else { throw bad(.encryptedEntry, "entry '\(name)'", "entry is encrypted") }
             guard method == 0 || method == 8 else { throw bad("entry '\(name)'", "compression method \(method) is not supported (only stored and deflated)") }
-            guard csize <= UInt64(b.count), usize <= UInt64(Int.max / 2), local <= UInt64(b.count - 30) else {
+            guard csize <= UInt64(b.count), usize <= UInt64(Int.max / 2), b.count >= 30, local <= UInt64(b.count - 30) else {
                 throw bad(.truncated, "entry '\(name)'", "declared sizes or offset past end of file")
             }
             if method == 0 && csize != usize { throw bad(.headerMismatch, "entry '\(name)'", "stored entry with compressed size \(csize) != size \(usize)") }
