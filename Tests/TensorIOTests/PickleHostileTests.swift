@@ -141,7 +141,35 @@ final class PickleHostileTests: XCTestCase {
         c.emptyList(); c.op(0x71, 0)
         for _ in 0..<200 { c.op(0x68, 0); c.op(0x61) }
         c.stop()
-        assertReadError(.limitExceeded, "self-reference") { try run(c) }
+        assertReadError(.malformedPickle, "self-reference") { try run(c) }
+    }
+
+    /// Reference cycles (never freed) and containers filled after they were placed (which would
+    /// let nesting grow past the cap unseen, and overflow the stack when the value is freed).
+    func testCyclesAndRefilledContainersAreRefused() throws {
+        var a = PickleBuilder()   // d[k] = d
+        a.emptyDict(); a.op(0x71, 0); a.str("k"); a.op(0x68, 0); a.op(0x73); a.stop()
+        assertReadError(.malformedPickle, "dict into itself") { try run(a) }
+        XCTAssertThrowsError(try run(a)) { XCTAssertTrue("\($0)".contains("reference cycle"), "\($0)") }
+        var b = PickleBuilder()   // a = [b]; then b.append(a): b was placed, so it is final
+        b.emptyList(); b.op(0x71, 0); b.emptyList(); b.op(0x71, 1); b.op(0x61)   // a.append(b)
+        b.op(0x68, 1); b.op(0x68, 0); b.op(0x61); b.stop()                        // b.append(a)
+        assertReadError(.malformedPickle, "indirect cycle") { try run(b) }
+        var c = PickleBuilder()   // a chain built by filling each list after it was placed: L0=[L1], L1=[L2], ...
+        c.emptyList(); c.op(0x71, 0)
+        for k in 1..<250 { c.op(0x68, UInt8(k - 1)); c.emptyList(); c.op(0x71, UInt8(k)); c.op(0x61); c.op(0x30) }
+        c.op(0x68, 0); c.stop()
+        assertReadError(.malformedPickle, "re-opened chain") { try run(c) }
+        var t = PickleBuilder()   // a list inside a tuple is final too
+        t.emptyList(); t.op(0x71, 0); t.op(0x85); t.op(0x68, 0); t.int(1); t.op(0x61); t.stop()
+        assertReadError(.malformedPickle, "filled after a tuple took it") { try run(t) }
+        var s = PickleBuilder()   // OrderedDict whose BUILD state is itself
+        s.orderedDict(); s.op(0x71, 0); s.op(0x68, 0); s.op(0x62); s.stop()
+        assertReadError(.malformedPickle, "BUILD with itself") { try run(s) }
+        var ok = PickleBuilder()   // shared references without a cycle stay accepted: x = []; [x, x, (x,)]
+        ok.emptyList(); ok.emptyList(); ok.op(0x71, 0); ok.op(0x61); ok.op(0x68, 0); ok.op(0x61); ok.op(0x68, 0); ok.op(0x85); ok.op(0x61); ok.stop()
+        guard case .list(let l) = try run(ok) else { return XCTFail("not a list") }
+        XCTAssertEqual(l.items.count, 3)
     }
 
     func testTensorViewChecks() {

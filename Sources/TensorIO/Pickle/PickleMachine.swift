@@ -7,6 +7,15 @@
 /// never executes code. Every length is checked against the remaining bytes before anything
 /// is allocated; containers are capped in nesting depth and object count.
 ///
+/// Containers are filled before they are placed. A list or dict is frozen the moment it goes
+/// inside another value (APPEND, SETITEM, a tuple, BUILD's state), and filling a frozen one is
+/// refused. `pickle` only writes a container's contents after it when the container is recursive,
+/// and `torch.save`'s state dicts never are, so this costs nothing on real files. It is what makes
+/// the limits sound: no container can reach itself (a reference cycle would never be freed), and
+/// a container's recorded depth is final once it is placed, so the nesting cap (`maxDepth`) holds
+/// for the whole value, not only where it was checked (an unbounded nesting would overflow the
+/// stack when the value is freed).
+///
 /// Reference: CPython Lib/pickle.py (opcode table) and torch/_utils.py (`_rebuild_*`).
 public struct PickleMachine {
     public struct Limits {
@@ -253,6 +262,12 @@ public struct PickleMachine {
                 guard case .dict(let d) = target.value, d.isOrdered else {
                     throw fail(.malformedPickle, "BUILD on \(target.value.typeName); only an OrderedDict's state is accepted", at: opAt)
                 }
+                guard !d.frozen else { throw refilled("BUILD", "OrderedDict", at: opAt) }
+                guard !isSame(state.value, d) else { throw fail(.malformedPickle, "BUILD of an OrderedDict with itself as state (a reference cycle)", at: opAt) }
+                let nested = depth(state) + 1
+                guard nested <= limits.maxDepth else { throw fail(.limitExceeded, "containers nested deeper than \(limits.maxDepth)", at: opAt) }
+                freeze(state.value)
+                d.depth = max(d.depth, nested)
                 d.buildState = state.value
             case 0x51: // BINPERSID
                 let pid = try pop()
@@ -279,8 +294,31 @@ public struct PickleMachine {
 
     // MARK: - Opcode helpers
 
+    /// Marks a list or dict as placed inside another value: its contents are final from now on.
+    private func freeze(_ v: PyValue) {
+        switch v {
+        case .list(let l): l.frozen = true
+        case .dict(let d): d.frozen = true
+        default: break
+        }
+    }
+
+    /// Whether `v` is the container `target` itself.
+    private func isSame(_ v: PyValue, _ target: AnyObject) -> Bool {
+        switch v {
+        case .list(let l): return l === target
+        case .dict(let d): return d === target
+        default: return false
+        }
+    }
+
+    private func refilled(_ op: String, _ what: String, at opAt: Int) -> ReadError {
+        fail(.malformedPickle, "\(op) on a \(what) that is already inside another object (a recursive or re-opened container; torch.save never writes one)", at: opAt)
+    }
+
     private mutating func makeTuple(_ items: [Item]) throws {
         try countObject()
+        for it in items { freeze(it.value) }
         let d = 1 + (items.map { depth($0) }.max() ?? 0)
         try push(.tuple(items.map(\.value)), depth: d)
     }
@@ -289,9 +327,12 @@ public struct PickleMachine {
         guard let target = stack.last, case .list(let list) = target.value else {
             throw fail(.malformedPickle, "APPEND on \(stack.last?.value.typeName ?? "nothing"); only lists accept it", at: opAt)
         }
+        guard !list.frozen else { throw refilled("APPEND", "list", at: opAt) }
         for it in items {
+            guard !isSame(it.value, list) else { throw fail(.malformedPickle, "APPEND of a list to itself (a reference cycle)", at: opAt) }
             let d = depth(it) + 1
             guard d <= limits.maxDepth else { throw fail(.limitExceeded, "containers nested deeper than \(limits.maxDepth)", at: opAt) }
+            freeze(it.value)
             list.depth = max(list.depth, d)
             list.items.append(it.value)
         }
@@ -301,11 +342,17 @@ public struct PickleMachine {
         guard let target = stack.last, case .dict(let dict) = target.value else {
             throw fail(.malformedPickle, "SETITEM on \(stack.last?.value.typeName ?? "nothing"); only dicts accept it", at: opAt)
         }
+        guard !dict.frozen else { throw refilled("SETITEM", "dict", at: opAt) }
         var i = 0
         while i < items.count {
             let k = items[i], v = items[i + 1]
+            guard !isSame(k.value, dict), !isSame(v.value, dict) else {
+                throw fail(.malformedPickle, "SETITEM of a dict into itself (a reference cycle)", at: opAt)
+            }
             let d = max(depth(k), depth(v)) + 1
             guard d <= limits.maxDepth else { throw fail(.limitExceeded, "containers nested deeper than \(limits.maxDepth)", at: opAt) }
+            freeze(k.value)
+            freeze(v.value)
             dict.depth = max(dict.depth, d)
             if let kt = k.value.keyText, let idx = dict.entries.firstIndex(where: { $0.key.keyText == kt && $0.key.typeName == k.value.typeName }) {
                 dict.entries[idx].value = v.value   // Python semantics: a repeated key overwrites

@@ -48,6 +48,9 @@ public indirect enum PyValue {
 public final class PyList {
     public var items: [PyValue] = []
     var depth = 1
+    /// Set once the list is placed inside another value; it is never changed after that
+    /// (PickleMachine: "Containers are filled before they are placed").
+    var frozen = false
 }
 
 public final class PyDict {
@@ -57,6 +60,8 @@ public final class PyDict {
     /// The state BUILD gave an OrderedDict (a state dict's `_metadata`); kept, never interpreted.
     public var buildState: PyValue?
     var depth = 1
+    /// Set once the dict is placed inside another value (see `PyList.frozen`).
+    var frozen = false
 
     init(ordered: Bool) { isOrdered = ordered }
 
