@@ -111,7 +111,7 @@ public struct PickleMachine {
 
     private mutating func push(_ v: PyValue, depth: Int = 0) throws {
         guard stack.count < limits.maxStack else { throw fail(.limitExceeded, "stack deeper than \(limits.maxStack)") }
-        guard depth <= limits.maxDepth else { throw fail(.limitExceeded, "containers nested deeper than \(limits.maxDepth)") }
+        try checkNesting(depth)
         stack.append(Item(value: v, depth: depth))
     }
 
@@ -265,7 +265,7 @@ public struct PickleMachine {
                 guard !d.frozen else { throw refilled("BUILD", "OrderedDict", at: opAt) }
                 guard !isSame(state.value, d) else { throw fail(.malformedPickle, "BUILD of an OrderedDict with itself as state (a reference cycle)", at: opAt) }
                 let nested = depth(state) + 1
-                guard nested <= limits.maxDepth else { throw fail(.limitExceeded, "containers nested deeper than \(limits.maxDepth)", at: opAt) }
+                try checkNesting(nested, at: opAt)
                 freeze(state.value)
                 d.depth = max(d.depth, nested)
                 d.buildState = state.value
@@ -293,6 +293,10 @@ public struct PickleMachine {
     }
 
     // MARK: - Opcode helpers
+
+    private func checkNesting(_ depth: Int, at opAt: Int? = nil) throws {
+        guard depth <= limits.maxDepth else { throw fail(.limitExceeded, "containers nested deeper than \(limits.maxDepth)", at: opAt) }
+    }
 
     /// Marks a list or dict as placed inside another value: its contents are final from now on.
     private func freeze(_ v: PyValue) {
@@ -331,7 +335,7 @@ public struct PickleMachine {
         for it in items {
             guard !isSame(it.value, list) else { throw fail(.malformedPickle, "APPEND of a list to itself (a reference cycle)", at: opAt) }
             let d = depth(it) + 1
-            guard d <= limits.maxDepth else { throw fail(.limitExceeded, "containers nested deeper than \(limits.maxDepth)", at: opAt) }
+            try checkNesting(d, at: opAt)
             freeze(it.value)
             list.depth = max(list.depth, d)
             list.items.append(it.value)
@@ -350,7 +354,7 @@ public struct PickleMachine {
                 throw fail(.malformedPickle, "SETITEM of a dict into itself (a reference cycle)", at: opAt)
             }
             let d = max(depth(k), depth(v)) + 1
-            guard d <= limits.maxDepth else { throw fail(.limitExceeded, "containers nested deeper than \(limits.maxDepth)", at: opAt) }
+            try checkNesting(d, at: opAt)
             freeze(k.value)
             freeze(v.value)
             dict.depth = max(dict.depth, d)
