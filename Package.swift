@@ -49,5 +49,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["TensorIO"], path: "Tests/TestSupport"),
         .testTarget(name: "TensorIOTests", dependencies: ["TensorIO", "TestSupport"]),
         .testTarget(name: "LiteCLIPTests", dependencies: ["LiteCLIP", "TensorIO", "TestSupport"]),
+        // The public Swift API as an app sees it (no @testable import).
+        .testTarget(name: "LiteCLIPAPITests", dependencies: ["LiteCLIP", "TestSupport"]),
     ]
 )

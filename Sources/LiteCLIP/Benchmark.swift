@@ -2,7 +2,7 @@ import Foundation
 
 /// Inference benchmark workloads (issue 3): the same inputs the PyTorch/ONNX Runtime script
 /// (scripts/bench_reference.py) uses, so the figures of one run can be compared as ratios.
-public enum InferenceBenchmark {
+@_spi(Benchmark) public enum InferenceBenchmark {
     public struct Result {
         public let name: String
         public let seconds: Double      // best of the timed repetitions
@@ -59,6 +59,13 @@ public enum InferenceBenchmark {
         return best
     }
 
+    /// The model at `path`; `fused: false` runs ConvNeXt's plain path instead of the fused
+    /// inference path (to measure what the fusion buys).
+    public static func load(path: String, fused: Bool) throws -> LiteCLIPModel {
+        let loaded = try ModelSource.open(path)
+        return try LiteCLIPModel(metadata: loaded.metadata, tensors: loaded.tensors, file: path, fused: fused)
+    }
+
     public static func run(model m: LiteCLIPModel, reps: Int = 3) -> [Result] {
         var out: [Result] = []
         for b in [1, 8] {
@@ -88,7 +95,7 @@ public enum InferenceBenchmark {
 /// Training-step benchmark (issue 5): forward, backward and an Adam step on the same
 /// deterministic inputs as `InferenceBenchmark` (scripts/bench_train_reference.py mirrors it in
 /// PyTorch), dropout 0.1 as the seed trains, every parameter trainable.
-public enum TrainBenchmark {
+@_spi(Benchmark) public enum TrainBenchmark {
     public struct Result {
         public let batch: Int
         /// Seconds per step: the best of the timed steps (the first step, which allocates the
@@ -99,7 +106,7 @@ public enum TrainBenchmark {
     }
 
     public static func run(modelPath: String, batch: Int, steps: Int) throws -> Result {
-        let model = try LiteCLIPModel(path: modelPath, trainable: true)
+        let model = try TrainableModel(path: modelPath)
         let grads = model.makeGradients()
         let opt = AdamOptimizer(settings: .init(kind: .adam), gradients: grads)
         let pixels = InferenceBenchmark.pixels(batch: batch)
@@ -111,7 +118,6 @@ public enum TrainBenchmark {
             grads.zero()
             _ = model.trainStep(pixels: pixels, batch: batch, tokens: tokens, grads: grads, options: .init(dropout: 0.1), rng: &rng)
             opt.apply(grads)
-            model.weightsChanged()
             if i > 0 { best = min(best, Date().timeIntervalSince(t0)) }
         }
         var usage = rusage()

@@ -7,7 +7,7 @@ import TensorIO
 ///    removed from every key that carries it. There are no per-key string rewrites.
 /// 2. The config is read off the tensor shapes (and, for what shapes cannot tell, the BERT config).
 /// 3. Every expected tensor must be present with its exact shape; anything else is an error,
-///    except the known-unused buffers in `LiteCLIPParameters.ignorable`, which are named and dropped.
+///    except the known-unused buffers the modules declare, which are named and dropped (`Strictness`).
 public struct CheckpointMapping {
     public let config: LiteCLIPConfig
     /// Tensors in liteCLIP state-dict order, with canonical (prefix-free) names.
@@ -43,7 +43,6 @@ public struct CheckpointMapping {
         }
         var byName: [String: Checkpoint.Tensor] = [:]
         var unexpected: [Checkpoint.Tensor] = []
-        var ignored: [String] = []
         for t in ckpt.tensors {
             guard t.name.hasPrefix(prefix) else { unexpected.append(t); continue }
             let n = String(t.name.dropFirst(prefix.count))
@@ -54,43 +53,17 @@ public struct CheckpointMapping {
         let config = try Self.inferConfig(byName, textConfig: textConfig, file: file)
 
         // 3. Strict placement.
-        var err = ModelError(.mapping, file: file, "the checkpoint does not match liteCLIP (\(Self.describe(config)))")
-        var placed: [Checkpoint.Tensor] = []
-        var used = Set<String>()
-        var hasPooler = true
-        for spec in LiteCLIPParameters.expected(for: config) {
-            guard let t = byName[spec.name] else {
-                if spec.required { err.missing.append("\(prefix)\(spec.name) \(spec.shape)") } else { hasPooler = false }
-                continue
-            }
-            used.insert(spec.name)
-            guard t.shape == spec.shape else {
-                err.mismatched.append("\(prefix)\(spec.name): expected \(spec.shape), file has \(t.shape)")
-                continue
-            }
-            guard t.dtype.isFloatingPoint else {
-                err.mismatched.append("\(prefix)\(spec.name): expected a floating-point tensor, file has \(t.dtype.rawValue)")
-                continue
-            }
-            placed.append(Checkpoint.Tensor(name: spec.name, dtype: t.dtype, shape: t.shape, origin: t.origin) { try t.load() })
-        }
-        for (n, t) in byName where !used.contains(n) {
-            if LiteCLIPParameters.ignorable.contains(n) { ignored.append(t.name) } else { unexpected.append(t) }
-        }
-        // A pooler half present is a broken checkpoint, not an optional one.
-        let poolerNames = ["text_encoder.backbone.pooler.dense.weight", "text_encoder.backbone.pooler.dense.bias"]
-        if poolerNames.filter({ byName[$0] != nil }).count == 1 {
-            err.missing.append(contentsOf: poolerNames.filter { byName[$0] == nil }.map { prefix + $0 })
-        }
-        if allowUnexpected { ignored += unexpected.map(\.name) }
-        else { err.unexpected = unexpected.map { "\($0.name) \($0.shape)" }.sorted() }
-        guard err.missing.isEmpty, err.mismatched.isEmpty, err.unexpected.isEmpty else { throw err }
+        let placed = try Strictness.place(byName, expected: LiteCLIPParameters.expected(for: config),
+                                          ignorable: LiteCLIPParameters.ignorable(for: config), file: file,
+                                          context: "the checkpoint does not match liteCLIP (\(Self.describe(config)))",
+                                          sourcePrefix: prefix, unexpected: unexpected, allowUnexpected: allowUnexpected)
+        let hasPooler = !placed.groups.isEmpty
         var cfg = config
         cfg.hasPooler = hasPooler
         self.config = cfg
-        self.tensors = placed
+        self.tensors = placed.tensors
         self.keyPrefix = prefix
-        self.ignored = ignored.sorted()
+        self.ignored = placed.ignored
     }
 
     static func describe(_ c: LiteCLIPConfig) -> String {

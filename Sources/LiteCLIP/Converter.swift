@@ -73,6 +73,40 @@ public enum Converter {
     /// The conversion proper, on an opened checkpoint (tests inject failing tensors here).
     static func convert(_ ckpt: Checkpoint, source: ByteSource, input: String, output: String, options: Options,
                         partial: Partial? = nil, progress: ((Int, Int) -> Void)?) throws -> Report {
+        let p = try prepare(ckpt, source: source, input: input, options: options, partial: partial)
+        let (mapping, meta, outTensors) = (p.mapping, p.metadata, p.tensors)
+        let fileBytes = try LCWWriter.write(to: output, tensors: outTensors, metadata: try meta.jsonObject(), progress: progress)
+        return Report(input: input, output: output, format: ckpt.format, wrapper: ckpt.wrapper, keyPrefix: mapping.keyPrefix,
+                      sourceSHA256: meta.source.sha256, sourceBytes: source.count, tokenizerFile: p.tokenizerFile,
+                      textConfigFile: p.textConfigFile, config: mapping.config, tensorCount: outTensors.count,
+                      parameterCount: outTensors.reduce(0) { $0 + $1.elementCount },
+                      dataBytes: outTensors.reduce(0) { $0 + $1.byteCount }, fileBytes: fileBytes,
+                      dtypes: p.dtypes, ignored: mapping.ignored, partial: partial?.missing ?? [])
+    }
+
+    /// What a conversion writes: the `.lcw` metadata and the tensors (converted lazily).
+    struct Prepared {
+        var mapping: CheckpointMapping
+        var metadata: LCWMetadata
+        var tensors: [Checkpoint.Tensor]
+        var tokenizerFile: String
+        var textConfigFile: String?
+        var dtypes: [DType: Int]
+    }
+
+    /// Everything a conversion does short of writing: the `.lcw` in memory.
+    static func prepare(input: String, options: Options) throws -> Prepared {
+        let source = try ByteSource(mapping: input)
+        if try TensorFile.detect(source) == .onnx {
+            let mapped = try ONNXParameters.stateDict(from: ONNXReader.read(source), allowPartial: options.allowPartial)
+            let partial = Partial(missing: mapped.missing, positions: mapped.partialPositions, tokenTypes: mapped.partialTokenTypes)
+            return try prepare(mapped.checkpoint, source: source, input: input, options: options, partial: mapped.missing.isEmpty ? nil : partial)
+        }
+        return try prepare(TensorFile.read(source), source: source, input: input, options: options)
+    }
+
+    static func prepare(_ ckpt: Checkpoint, source: ByteSource, input: String, options: Options,
+                        partial: Partial? = nil) throws -> Prepared {
         guard ckpt.format != .lcw else {
             throw ModelError(.badConfig, file: input, "input is already an .lcw file")
         }
@@ -135,12 +169,7 @@ public enum Converter {
                           format: ckpt.format.rawValue, wrapper: ckpt.wrapper, keyPrefix: mapping.keyPrefix,
                           ignoredTensors: mapping.ignored, partial: partial?.missing),
             converter: .init())
-        let fileBytes = try LCWWriter.write(to: output, tensors: outTensors, metadata: try meta.jsonObject(), progress: progress)
-        return Report(input: input, output: output, format: ckpt.format, wrapper: ckpt.wrapper, keyPrefix: mapping.keyPrefix,
-                      sourceSHA256: meta.source.sha256, sourceBytes: source.count, tokenizerFile: tokenizerFile,
-                      textConfigFile: textConfigFile, config: mapping.config, tensorCount: outTensors.count,
-                      parameterCount: outTensors.reduce(0) { $0 + $1.elementCount },
-                      dataBytes: outTensors.reduce(0) { $0 + $1.byteCount }, fileBytes: fileBytes,
-                      dtypes: dtypes, ignored: mapping.ignored, partial: partial?.missing ?? [])
+        return Prepared(mapping: mapping, metadata: meta, tensors: outTensors, tokenizerFile: tokenizerFile,
+                        textConfigFile: textConfigFile, dtypes: dtypes)
     }
 }

@@ -62,27 +62,72 @@ public struct LiteCLIPFile {
 
     /// The liteCLIP checks on an opened `.lcw` (metadata, exact tensor set, tokenizer, preprocessing).
     public static func validate(_ lcw: LCWFile, file path: String) throws -> LiteCLIPFile {
-        let meta: LCWMetadata
+        let meta = try decodeMetadata(lcw.metadataJSON, file: path)
+        try check(meta, tensors: lcw.checkpoint.tensors, file: path)
+        return LiteCLIPFile(lcw: lcw, metadata: meta)
+    }
+
+    static func decodeMetadata(_ json: Data, file path: String) throws -> LCWMetadata {
         do {
-            meta = try JSONDecoder().decode(LCWMetadata.self, from: lcw.metadataJSON)
+            return try JSONDecoder().decode(LCWMetadata.self, from: json)
         } catch {
             throw ModelError(.badConfig, file: path, "the .lcw metadata is not liteCLIP metadata: \(error)")
         }
-        // Strict: the tensor list must be exactly the parameter set of the stored config.
+    }
+
+    /// Strict: the tensor list must be exactly the parameter set of the stored config (the
+    /// pooler present exactly when the config says so; no ignorable buffers).
+    static func check(_ meta: LCWMetadata, tensors: [Checkpoint.Tensor], file path: String) throws {
         let expected = LiteCLIPParameters.expected(for: meta.model).filter { $0.required || meta.model.hasPooler }
-        let have = Dictionary(lcw.checkpoint.tensors.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
-        var err = ModelError(.mapping, file: path, "the .lcw tensors do not match its own config")
-        for s in expected {
-            guard let t = have[s.name] else { err.missing.append("\(s.name) \(s.shape)"); continue }
-            if t.shape != s.shape { err.mismatched.append("\(s.name): expected \(s.shape), file has \(t.shape)") }
-        }
-        let names = Set(expected.map(\.name))
-        err.unexpected = lcw.checkpoint.tensors.filter { !names.contains($0.name) }.map { "\($0.name) \($0.shape)" }
-        guard err.missing.isEmpty, err.mismatched.isEmpty, err.unexpected.isEmpty else { throw err }
+            .map { ParameterSpec(name: $0.name, shape: $0.shape, required: true, group: nil) }
+        _ = try Strictness.place(Dictionary(tensors.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a }),
+                                 expected: expected, ignorable: [], file: path, context: "the .lcw tensors do not match its own config")
         try ImagePreprocessor.validate(meta.preprocess, file: path)
         guard meta.tokenizer.vocab.count == meta.model.text.vocabSize else {
             throw ModelError(.badTokenizer, file: path, "vocabulary has \(meta.tokenizer.vocab.count) tokens but the model \(meta.model.text.vocabSize)")
         }
-        return LiteCLIPFile(lcw: lcw, metadata: meta)
     }
+}
+
+/// Any model file, opened for inference: a `.lcw`, a training checkpoint (its current weights),
+/// or a `.pt` / `.ckpt` / `.safetensors` / `.onnx` converted in memory as `liteclip-convert`
+/// would (tokenizer files beside it or named in the options), nothing written.
+public enum ModelSource {
+    public struct Loaded {
+        public let metadata: LCWMetadata
+        public let tensors: [Checkpoint.Tensor]
+        /// How the file was read: "lcw", "training checkpoint", or "converted from <format>".
+        public let kind: String
+    }
+
+    public static func open(_ path: String, options: Converter.Options = .init()) throws -> Loaded {
+        let source = try ByteSource(mapping: path)
+        guard try TensorFile.detect(source) == .lcw else {
+            let p = try Converter.prepare(input: path, options: options)
+            try LiteCLIPFile.check(p.metadata, tensors: p.tensors, file: path)
+            return Loaded(metadata: p.metadata, tensors: p.tensors, kind: "converted from \(p.metadata.source.format)")
+        }
+        let lcw = try LCWReader.read(source)
+        let object = try? JSONSerialization.jsonObject(with: lcw.metadataJSON) as? [String: Any]
+        if object?["architecture"] as? String == TrainingCheckpoint.architecture {
+            // A training checkpoint: the model's metadata under "model", its weights under their own
+            // names (optimiser moments and best weights are prefixed).
+            guard let model = object?["model"], let json = try? JSONSerialization.data(withJSONObject: model) else {
+                throw ModelError(.badConfig, file: path, "the training checkpoint's metadata has no model description")
+            }
+            let meta = try LiteCLIPFile.decodeMetadata(json, file: path)
+            let tensors = lcw.checkpoint.tensors.filter { !TrainingCheckpoint.isTrainingState($0.name) }
+            try LiteCLIPFile.check(meta, tensors: tensors, file: path)
+            return Loaded(metadata: meta, tensors: tensors, kind: "training checkpoint")
+        }
+        let file = try LiteCLIPFile.validate(lcw, file: path)
+        return Loaded(metadata: file.metadata, tensors: file.tensors, kind: "lcw")
+    }
+}
+
+/// The names a training checkpoint (`OUT.ckpt`, formats/training.md) uses beside the model's.
+enum TrainingCheckpoint {
+    static let architecture = "liteclip-training-checkpoint"
+    static let prefixes = ["optimizer.exp_avg.", "optimizer.exp_avg_sq.", "best."]
+    static func isTrainingState(_ name: String) -> Bool { prefixes.contains { name.hasPrefix($0) } }
 }

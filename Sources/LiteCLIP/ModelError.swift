@@ -1,3 +1,5 @@
+import Foundation
+
 /// Errors of mapping a checkpoint onto liteCLIP and of assembling a self-contained `.lcw`.
 /// Like `ReadError`, it names the file; mapping errors list every offender with its full
 /// dotted name and both shapes.
@@ -29,4 +31,14 @@ public struct ModelError: Error, CustomStringConvertible, Sendable {
         if !unexpected.isEmpty { s += "\n  unexpected (\(unexpected.count)):\n" + unexpected.map { "    \($0)" }.joined(separator: "\n") }
         return s
     }
+}
+
+extension ModelError: LocalizedError {
+    /// `FILE: REASON`, then every offending tensor, as `description`.
+    public var errorDescription: String? { description }
+}
+
+extension ImageError: LocalizedError {
+    /// `FILE: REASON`, as `description`.
+    public var errorDescription: String? { description }
 }

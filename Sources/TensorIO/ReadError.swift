@@ -1,3 +1,5 @@
+import Foundation
+
 /// The one error type every reader and writer in TensorIO throws.
 ///
 /// It always names the file, the place inside it (an entry, a tensor, a byte offset) and what
@@ -35,4 +37,9 @@ public struct ReadError: Error, CustomStringConvertible, Equatable, Sendable {
     public var description: String {
         place.isEmpty ? "\(file): \(detail)" : "\(file): \(place): \(detail)"
     }
+}
+
+extension ReadError: LocalizedError {
+    /// `FILE: [at PLACE:] REASON`, as `description`.
+    public var errorDescription: String? { description }
 }

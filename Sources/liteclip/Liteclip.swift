@@ -1,6 +1,6 @@
 import ArgumentParser
 import Foundation
-import LiteCLIP
+@_spi(Benchmark) import LiteCLIP
 import TensorIO
 
 @main
@@ -78,7 +78,7 @@ struct ZeroShotCommand: ParsableCommand {
     }
 
     func run() throws {
-        let r: ZeroShotResult
+        let r: ZeroShotReport
         do { r = try LiteCLIPModel(path: model).zeroShot(imagePath: image, labels: labels, topK: topK) } catch { throw fail("zero-shot", error) }
         if json {
             let obj: [String: Any] = [
@@ -147,6 +147,8 @@ struct Bench: ParsableCommand {
     @Flag(help: "One JSON object per line.") var json = false
     @Option(name: .customLong("train-batch"), help: "Instead: time training steps (forward, backward, Adam) at this batch size; reports the best of --reps steps after one untimed step, and peak memory.")
     var trainBatch: Int?
+    @Flag(name: .customLong("no-fused"), help: "Run ConvNeXt's plain path instead of the fused inference path (to measure the fusion).")
+    var noFused = false
 
     func run() throws {
         if let b = trainBatch {
@@ -160,7 +162,7 @@ struct Bench: ParsableCommand {
             return
         }
         let m: LiteCLIPModel
-        do { m = try LiteCLIPModel(path: model) } catch { throw fail("bench", error) }
+        do { m = try InferenceBenchmark.load(path: model, fused: !noFused) } catch { throw fail("bench", error) }
         for r in InferenceBenchmark.run(model: m, reps: reps) {
             if json {
                 print("{\"name\": \"\(r.name)\", \"seconds\": \(r.seconds), \"gflop\": \(r.gflop), \"gflops\": \(r.gflops)}")

@@ -119,7 +119,7 @@ final class ImagePipelineTests: XCTestCase {
         XCTAssertEqual(t.shape, [3, 256])
         let want = try t.load().withBytes { Array($0.bindMemory(to: Float.self)) }
         // A 256 x 1 ramp image through normalize gives every (channel, value) once.
-        let ramp = RGBImage(width: 256, height: 1, pixels: (0..<256).flatMap { [UInt8($0), UInt8($0), UInt8($0)] })
+        let ramp = try RGBImage(width: 256, height: 1, pixels: (0..<256).flatMap { [UInt8($0), UInt8($0), UInt8($0)] })
         var got = [Float](repeating: 0, count: 3 * 256)
         got.withUnsafeMutableBufferPointer { pre.normalize(ramp, into: $0.baseAddress!) }
         let maxDiff = zip(got, want).map { abs($0 - $1) }.max() ?? .infinity
@@ -155,12 +155,12 @@ final class ImagePipelineTests: XCTestCase {
         XCTAssertEqual(ImagePreprocessor.cropOffset(length: 221, crop: 224), -1)   // pad 3: 1 before, 2 after
     }
 
-    func testCropLargerThanResizePadsWithZeros() {
+    func testCropLargerThanResizePadsWithZeros() throws {
         var c = PreprocessConfig()
         c.resize = 8
         c.centerCrop = 12
         let p = ImagePreprocessor(c)
-        let img = RGBImage(width: 16, height: 8, pixels: [UInt8](repeating: 200, count: 16 * 8 * 3))
+        let img = try RGBImage(width: 16, height: 8, pixels: [UInt8](repeating: 200, count: 16 * 8 * 3))
         let out = p.resizeAndCrop(img)               // resized 16x8, padded to 16x12, cropped 12x12
         XCTAssertEqual(out.width, 12)
         for y in 0..<12 {

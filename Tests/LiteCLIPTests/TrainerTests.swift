@@ -143,10 +143,11 @@ final class TrainerTests: XCTestCase {
 
     static func random(_ n: Int, _ rng: inout SeededRNG, scale: Float = 1) -> [Float] { (0..<n).map { _ in (rng.nextFloat() * 2 - 1) * scale } }
 
-    static func tensor(_ shape: [Int], _ v: [Float]) -> Tensor {
-        let t = Tensor(zeros: shape)
-        v.withUnsafeBufferPointer { t.data.update(from: $0.baseAddress!, count: v.count) }
-        return t
+    static func tensor(_ shape: [Int], _ v: [Float]) -> Tensor { Buffer(shape, v).view }
+
+    /// Finite differences perturb a weight the kernels only read.
+    static func overwrite(_ t: Tensor, _ v: [Float]) {
+        v.withUnsafeBufferPointer { UnsafeMutablePointer(mutating: t.data).update(from: $0.baseAddress!, count: v.count) }
     }
 
     func testLayerNormRowsAndChannelsBackward() {
@@ -167,7 +168,7 @@ final class TrainerTests: XCTestCase {
         checkFD("layerNormRows dx", params: &x, forward: fwd, analytic: dx, probe: probe)
         var wv = w.array
         checkFD("layerNormRows dw", params: &wv, forward: { v in
-            v.withUnsafeBufferPointer { w.data.update(from: $0.baseAddress!, count: n) }; return fwd(x) }, analytic: dw, probe: probe)
+            Self.overwrite(w, v); return fwd(x) }, analytic: dw, probe: probe)
 
         // Channels: C = 5 over P = 6 columns.
         let c = 5, p = 6
@@ -212,7 +213,7 @@ final class TrainerTests: XCTestCase {
         checkFD("depthwise dx", params: &xi, forward: fwd, analytic: dx, probe: pr)
         var wv = weight.array
         checkFD("depthwise dw", params: &wv, forward: { v in
-            v.withUnsafeBufferPointer { weight.data.update(from: $0.baseAddress!, count: v.count) }; return fwd(xi) }, analytic: dw, probe: pr)
+            Self.overwrite(weight, v); return fwd(xi) }, analytic: dw, probe: pr)
 
         // Patch conv 2x2/2: 3 -> 4 channels, 2 images of 4x6.
         let cin = 3, cout = 4, hh = 4, ww = 6, s = 2, cols = bt * (hh / s) * (ww / s), kd = cin * s * s
@@ -232,7 +233,7 @@ final class TrainerTests: XCTestCase {
         checkFD("patch conv dx", params: &xp, forward: fwdP, analytic: dxp, probe: pp)
         var pwv = pw.array
         checkFD("patch conv dw", params: &pwv, forward: { v in
-            v.withUnsafeBufferPointer { pw.data.update(from: $0.baseAddress!, count: v.count) }; return fwdP(xp) }, analytic: dpw, probe: pp)
+            Self.overwrite(pw, v); return fwdP(xp) }, analytic: dpw, probe: pp)
     }
 
     func testNormalizeAndContrastiveLossBackward() {
@@ -240,9 +241,17 @@ final class TrainerTests: XCTestCase {
         let rows = 3, d = 4
         var y = Self.random(rows * d, &rng)
         let probe = Self.random(rows * d, &rng)
-        let (e, norms) = Contrastive.normalize(y, rows: rows)
-        let dy = Contrastive.normalizeBackward(e: e, norms: norms, de: probe, rows: rows)
-        checkFD("normalize", params: &y, h: 1e-3, forward: { Contrastive.normalize($0, rows: rows).e }, analytic: dy, probe: probe)
+        func normalize(_ v: [Float]) -> (e: [Float], norms: [Float]) {
+            var e = v
+            let norms = e.withUnsafeMutableBufferPointer { Kernels.l2Normalize($0.baseAddress!, rows: rows, dim: d) }
+            return (e, norms)
+        }
+        let (e, norms) = normalize(y)
+        var dy = probe
+        e.withUnsafeBufferPointer { E in dy.withUnsafeMutableBufferPointer {
+            Kernels.l2NormalizeBackward(e: E.baseAddress!, norms: norms, rows: rows, dim: d, de: $0.baseAddress!)
+        } }
+        checkFD("normalize", params: &y, h: 1e-3, forward: { normalize($0).e }, analytic: dy, probe: probe)
         var logits = Self.random(9, &rng, scale: 3)
         let dl = Contrastive.loss(logits: logits, batch: 3).dLogits
         checkFD("contrastive loss", params: &logits, h: 1e-2, forward: { [Contrastive.loss(logits: $0, batch: 3).loss] }, analytic: dl, probe: [1])

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Foundation
 import TensorIO
 
 /// Decoding JPEG and PNG files into 8-bit RGB, with the pixels PIL gives for
@@ -17,7 +18,24 @@ public struct RGBImage: Sendable, Equatable {
     /// (H, W, 3) row-major, `width * height * 3` bytes.
     public var pixels: [UInt8]
 
-    public init(width: Int, height: Int, pixels: [UInt8]) {
+    /// An image from memory: `pixels` is `height` rows of `width` interleaved R, G, B bytes.
+    /// Throws `ImageError.badDimensions` when the sizes and the byte count disagree.
+    public init(width: Int, height: Int, pixels: [UInt8]) throws {
+        guard width > 0, height > 0, width <= ImageDecoder.maxSide, height <= ImageDecoder.maxSide,
+              pixels.count == width * height * 3 else {
+            throw ImageError(.badDimensions, file: "<memory>",
+                             "\(pixels.count) bytes for a \(width)x\(height) RGB image (expected width * height * 3, sides 1...\(ImageDecoder.maxSide))")
+        }
+        self.init(checked: width, height, pixels)
+    }
+
+    /// Decodes a JPEG or PNG file (the format comes from its first bytes, not its name).
+    public init(contentsOf url: URL) throws {
+        self = try ImageDecoder.decode(path: url.path)
+    }
+
+    /// For the decoders, whose sizes are right by construction.
+    init(checked width: Int, _ height: Int, _ pixels: [UInt8]) {
         precondition(width > 0 && height > 0 && pixels.count == width * height * 3,
                      "RGBImage: \(pixels.count) bytes for \(width)x\(height)")
         self.width = width
@@ -41,6 +59,8 @@ public struct ImageError: Error, CustomStringConvertible, Sendable, Equatable {
         case unsupportedVariant
         /// Wider or taller than `ImageDecoder.maxSide`, or more than `ImageDecoder.maxPixels`.
         case tooLarge
+        /// An in-memory image whose width, height and byte count disagree.
+        case badDimensions
     }
 
     public let code: Code

@@ -50,7 +50,7 @@ enum JPEGDecoder {
             throw ImageError(.corrupt, file: name, "JPEG decoding failed: \(message())")
         }
         if cmyk { out = cmykToRGB(out, pixels: width * height) }
-        return RGBImage(width: width, height: height, pixels: out)
+        return RGBImage(checked: width, height, out)
     }
 
     /// Pillow's `cmyk2rgb` on inverted ("CMYK;I") samples:

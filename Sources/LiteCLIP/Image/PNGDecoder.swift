@@ -212,7 +212,7 @@ enum PNGDecoder {
                     }
                 }
             }
-            return RGBImage(width: h.width, height: h.height, pixels: rgb)
+            return RGBImage(checked: h.width, h.height, rgb)
         }
     }
 

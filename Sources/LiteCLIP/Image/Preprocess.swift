@@ -77,14 +77,14 @@ public struct ImagePreprocessor: Sendable {
         let cols = max(left, 0)..<min(left + cs, rw)
         let window = Resampler.resizeWindow(image, outWidth: rw, outHeight: rh, rows: rows, cols: cols, filter: filter)
         if rows.count == cs && cols.count == cs {
-            return RGBImage(width: cs, height: cs, pixels: window)
+            return RGBImage(checked: cs, cs, window)
         }
         var pixels = [UInt8](repeating: 0, count: cs * cs * 3)
         for (r, y) in rows.enumerated() {
             let dst = ((y - top) * cs + (cols.lowerBound - left)) * 3
             pixels.replaceSubrange(dst..<dst + cols.count * 3, with: window[(r * cols.count * 3)..<((r + 1) * cols.count * 3)])
         }
-        return RGBImage(width: cs, height: cs, pixels: pixels)
+        return RGBImage(checked: cs, cs, pixels)
     }
 
     /// ToTensor + Normalize: writes `3 * height * width` floats, channel-major (CHW).

@@ -37,13 +37,13 @@ public final class AdamOptimizer {
     /// Steps taken so far (PyTorch's `state['step']`).
     public private(set) var step = 0
     /// First and second moments, per trainable parameter (index = `Gradients` index).
-    var m: [Tensor?]
-    var v: [Tensor?]
+    var m: [Buffer?]
+    var v: [Buffer?]
 
     public init(settings: Settings, gradients: Gradients) {
         self.settings = settings
-        m = gradients.buffers.map { $0.map { Tensor(zeros: $0.shape) } }
-        v = gradients.buffers.map { $0.map { Tensor(zeros: $0.shape) } }
+        m = gradients.buffers.map { $0.map { Buffer(zeros: $0.shape) } }
+        v = gradients.buffers.map { $0.map { Buffer(zeros: $0.shape) } }
     }
 
     /// The global L2 norm of the gradients (before clipping).
@@ -79,7 +79,7 @@ public final class AdamOptimizer {
         let decay: Float? = s.kind == .adamw && s.weightDecay != 0 ? Float(1 - s.lr * s.weightDecay) : nil
         for (i, gb) in g.buffers.enumerated() {
             guard let gb, let mt = m[i], let vt = v[i] else { continue }
-            let p = g.tensors[i].data, gr = gb.data, mp = mt.data, vp = vt.data
+            let p = g.parameters[i].data, gr = gb.data, mp = mt.data, vp = vt.data
             // The same arithmetic 8 wide, then the tail.
             @inline(__always) func update(_ pj: inout SIMD8<Float>, _ gj0: SIMD8<Float>, _ mj: inout SIMD8<Float>, _ vj: inout SIMD8<Float>) {
                 var gj = gj0
@@ -114,9 +114,9 @@ public final class AdamOptimizer {
     }
 
     /// Moments for a checkpoint, by parameter index.
-    func state() -> (step: Int, m: [Tensor?], v: [Tensor?]) { (step, m, v) }
+    func state() -> (step: Int, m: [Buffer?], v: [Buffer?]) { (step, m, v) }
 
-    func restore(step: Int, m: [Tensor?], v: [Tensor?]) {
+    func restore(step: Int, m: [Buffer?], v: [Buffer?]) {
         self.step = step
         self.m = m
         self.v = v

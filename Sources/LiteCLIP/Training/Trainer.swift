@@ -51,7 +51,7 @@ public final class Trainer {
     let out: String
     let options: Options
     let file: LiteCLIPFile
-    public let model: LiteCLIPModel
+    public let model: TrainableModel
     let grads: Gradients
     let optimizer: AdamOptimizer
     let dataset: CaptionDataset
@@ -80,7 +80,7 @@ public final class Trainer {
             throw ModelError(.badConfig, file: path, "this model was rebuilt from a partial ONNX export (\(partial.joined(separator: "; "))); "
                              + "training it would not give weights PyTorch can load. Convert the .pt or a complete export instead")
         }
-        model = try LiteCLIPModel(file, trainable: true)
+        model = try TrainableModel(file)
         let freeze = options.freeze
         grads = model.makeGradients { name in
             switch freeze {
@@ -122,7 +122,6 @@ public final class Trainer {
                 let r = model.trainStep(pixels: batch.pixels, batch: batch.count, tokens: batch.tokens, grads: grads,
                                         options: .init(dropout: options.dropout), rng: &rng)
                 optimizer.apply(grads)
-                model.weightsChanged()
                 globalStep += 1
                 sum += Double(r.loss) * Double(batch.count)
                 seen += batch.count
@@ -170,7 +169,7 @@ public final class Trainer {
     }
 
     func currentWeights() -> [String: [Float]] {
-        Dictionary(uniqueKeysWithValues: model.parameters.map { ($0.name, $0.tensor.array) })
+        model.weights()
     }
 
     // MARK: - Files
@@ -218,7 +217,7 @@ public final class Trainer {
             "since_best": sinceBest, "train_losses": trainLosses.map(Double.init), "val_losses": valLosses.map(Double.init),
             "settings": settingsJSON(),
         ]
-        let meta: [String: Any] = ["architecture": "liteclip-training-checkpoint", "model": try file.metadata.jsonObject(), "training": state]
+        let meta: [String: Any] = ["architecture": TrainingCheckpoint.architecture, "model": try file.metadata.jsonObject(), "training": state]
         _ = try LCWWriter.write(to: checkpointPath, tensors: tensors, metadata: meta)
     }
 
@@ -235,7 +234,7 @@ public final class Trainer {
     func restore(_ path: String) throws {
         let f = try LCWReader.open(path)
         guard let meta = try? JSONSerialization.jsonObject(with: f.metadataJSON) as? [String: Any],
-              meta["architecture"] as? String == "liteclip-training-checkpoint",
+              meta["architecture"] as? String == TrainingCheckpoint.architecture,
               let st = meta["training"] as? [String: Any] else {
             throw ModelError(.badConfig, file: path, "not a liteclip training checkpoint (write one with liteclip train; it is <out>.ckpt)")
         }
@@ -254,13 +253,12 @@ public final class Trainer {
         }
         for p in model.parameters {
             let v = try values(p.name, p.tensor.shape)
-            v.withUnsafeBufferPointer { p.tensor.data.update(from: $0.baseAddress!, count: v.count) }
+            v.withUnsafeBufferPointer { p.storage.data.update(from: $0.baseAddress!, count: v.count) }
         }
-        model.weightsChanged()
-        var m: [Tensor?] = [], vv: [Tensor?] = []
+        var m: [Buffer?] = [], vv: [Buffer?] = []
         for (i, name) in grads.names.enumerated() {
             guard let g = grads.buffers[i] else { m.append(nil); vv.append(nil); continue }
-            let a = Tensor(zeros: g.shape), b = Tensor(zeros: g.shape)
+            let a = Buffer(zeros: g.shape), b = Buffer(zeros: g.shape)
             let av = try values("optimizer.exp_avg." + name, g.shape), bv = try values("optimizer.exp_avg_sq." + name, g.shape)
             av.withUnsafeBufferPointer { a.data.update(from: $0.baseAddress!, count: av.count) }
             bv.withUnsafeBufferPointer { b.data.update(from: $0.baseAddress!, count: bv.count) }

@@ -1,0 +1,112 @@
+import Foundation
+
+/// Depthwise k x k convolution (ConvNeXt's `conv_dw`), forward beside backward, on planes.
+extension Kernels {
+
+    /// Depthwise k x k convolution, stride 1, zero padding k/2, per (channel, image) plane of
+    /// `h x w`: `y[c][b] = conv(x[c][b], weight[c]) + bias[c]`. Planes are `[C][B][H*W]`.
+    static func depthwiseConv(_ x: UnsafePointer<Float>, channels: Int, batch: Int, h: Int, w: Int,
+                              weight: Tensor, bias: Tensor, into y: UnsafeMutablePointer<Float>) {
+        let k = weight.shape[2], pad = k / 2
+        let pw = w + 2 * pad, ph = h + 2 * pad
+        parallelFor(channels * batch, grain: 1) { range in
+            var padded = [Float](repeating: 0, count: ph * pw + 8)   // + 8: slack for the last 8-wide load
+            padded.withUnsafeMutableBufferPointer { pbuf in
+                let pp = pbuf.baseAddress!
+                for plane in range {
+                    let c = plane / batch
+                    let src = x + plane * h * w, dst = y + plane * h * w
+                    for r in 0..<h { (pp + (r + pad) * pw + pad).update(from: src + r * w, count: w) }
+                    let kw = weight.data + c * k * k
+                    let b = bias.data[c]
+                    // Each output strip of 8 stays in a register across all k*k taps.
+                    for r in 0..<h {
+                        let out = dst + r * w
+                        @inline(__always) func strip(_ j: Int) -> SIMD8<Float> {
+                            var acc = SIMD8<Float>(repeating: b)
+                            for ky in 0..<k {
+                                let inp = UnsafeRawPointer(pp + (r + ky) * pw + j)
+                                let wr = kw + ky * k
+                                for kx in 0..<k {
+                                    acc += wr[kx] * inp.loadUnaligned(fromByteOffset: kx * 4, as: SIMD8<Float>.self)
+                                }
+                            }
+                            return acc
+                        }
+                        var j = 0
+                        while j + 8 <= w {
+                            UnsafeMutableRawPointer(out + j).storeBytes(of: strip(j), as: SIMD8<Float>.self)
+                            j += 8
+                        }
+                        if j < w {
+                            if w >= 8 {
+                                // Last strip overlaps the previous one; overlapping lanes get the same values.
+                                UnsafeMutableRawPointer(out + w - 8).storeBytes(of: strip(w - 8), as: SIMD8<Float>.self)
+                            } else {
+                                // Narrow planes (7x7): lanes past w read padding/slack and are dropped.
+                                let acc = strip(0)
+                                for i in 0..<w { out[i] = acc[i] }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Patchify convolution with kernel = stride = s (ConvNeXt stem and downsampling):
+    /// im2col into `[Cin*s*s x B*Ho*Wo]`, then one sgemm with the weight `[Cout x Cin*s*s]`.
+
+    // MARK: - Depthwise convolution
+
+    /// Depthwise conv backward. Input gradient: the correlation of `dy` with the kernel flipped
+    /// (the forward kernel run with a flipped weight and no bias), ADDED into `dx`.
+    /// `dW[c][ky][kx] += sum_{b,y,x} dy[c][b][y][x] * xpad[c][b][y+ky][x+kx]`, `db[c] += sum dy`.
+    static func depthwiseConvBackward(x: UnsafePointer<Float>, dy: UnsafePointer<Float>, channels: Int, batch: Int, h: Int, w: Int,
+                                      weight: Tensor, dWeight: UnsafeMutablePointer<Float>?, dBias: UnsafeMutablePointer<Float>?,
+                                      accumulateInto dx: UnsafeMutablePointer<Float>?, scratch: UnsafeMutablePointer<Float>) {
+        let k = weight.shape[2], pad = k / 2
+        if let dx {
+            let flipped = Buffer(zeros: weight.shape)
+            for c in 0..<channels { for i in 0..<(k * k) { flipped.data[c * k * k + i] = weight.data[c * k * k + (k * k - 1 - i)] } }
+            depthwiseConv(dy, channels: channels, batch: batch, h: h, w: w, weight: flipped.view, bias: Buffer(zeros: [channels]).view, into: scratch)
+            let n = channels * batch * h * w
+            parallelFor(n, grain: 1 << 15) { range in for i in range { dx[i] += scratch[i] } }
+        }
+        if let dBias { addRowSums(dy, rows: channels, cols: batch * h * w, into: dBias) }
+        guard let dWeight else { return }
+        let pw = w + 2 * pad, ph = h + 2 * pad
+        parallelFor(channels, grain: 1) { range in
+            var padded = [Float](repeating: 0, count: ph * pw)
+            var acc = [Double](repeating: 0, count: k * k)
+            for c in range {
+                for i in 0..<(k * k) { acc[i] = 0 }
+                for b in 0..<batch {
+                    let plane = (c * batch + b) * h * w
+                    padded.withUnsafeMutableBufferPointer { pp in
+                        for r in 0..<h { (pp.baseAddress! + (r + pad) * pw + pad).update(from: x + plane + r * w, count: w) }
+                    }
+                    let g = dy + plane
+                    padded.withUnsafeBufferPointer { pp in
+                        for ky in 0..<k { for kx in 0..<k {
+                            var s = SIMD8<Float>(), tail: Float = 0
+                            for r in 0..<h {
+                                let src = pp.baseAddress! + (r + ky) * pw + kx, gr = g + r * w
+                                var j = 0
+                                while j + 8 <= w {
+                                    s += UnsafeRawPointer(src + j).loadUnaligned(as: SIMD8<Float>.self)
+                                        * UnsafeRawPointer(gr + j).loadUnaligned(as: SIMD8<Float>.self)
+                                    j += 8
+                                }
+                                while j < w { tail += src[j] * gr[j]; j += 1 }
+                            }
+                            acc[ky * k + kx] += Double(s.sum() + tail)
+                        } }
+                    }
+                }
+                for i in 0..<(k * k) { dWeight[c * k * k + i] += Float(acc[i]) }
+            }
+        }
+    }
+
+}

@@ -1,0 +1,86 @@
+import Foundation
+
+/// Patchify convolution, kernel = stride (ConvNeXt's stem and downsampling): im2col, then the
+/// pointwise product; forward beside backward.
+
+/// `nn.Conv2d` weights `(Cout, Cin, k, k)` and bias `(Cout)` (also the depthwise conv's, Cin = 1).
+struct Conv2d {
+    let weight: Tensor
+    let bias: Tensor
+
+    init(_ s: ParameterScope, out: Int, in cin: Int, kernel: Int) throws {
+        weight = try s.tensor("weight", [out, cin, kernel, kernel])
+        bias = try s.tensor("bias", [out])
+    }
+}
+
+extension Kernels {
+    /// im2col into `[Cin*s*s x B*Ho*Wo]`, then one sgemm with the weight `[Cout x Cin*s*s]`.
+    /// Input planes `[Cin][B][H*W]`, output planes `[Cout][B][Ho*Wo]`.
+    static func patchConv(_ x: UnsafePointer<Float>, inChannels cin: Int, batch: Int, h: Int, w: Int, stride s: Int,
+                          weight: Tensor, bias: Tensor, into y: UnsafeMutablePointer<Float>) {
+        let ho = h / s, wo = w / s, cols = batch * ho * wo
+        let kdim = cin * s * s
+        var col = [Float](repeating: 0, count: kdim * cols)
+        col.withUnsafeMutableBufferPointer { cb in
+            let cp = cb.baseAddress!
+            patchColumns(x, inChannels: cin, batch: batch, h: h, w: w, stride: s, into: cp)
+            pointwise(cp, columns: cols, weight: Tensor(shape: [weight.shape[0], kdim], sharing: weight), bias: bias, into: y)
+        }
+    }
+
+    // MARK: - Patchify convolution (kernel = stride)
+
+    /// im2col for a kernel = stride = s convolution: `[Cin*s*s][B*Ho*Wo]`.
+    static func patchColumns(_ x: UnsafePointer<Float>, inChannels cin: Int, batch: Int, h: Int, w: Int, stride s: Int,
+                             into cp: UnsafeMutablePointer<Float>) {
+        let ho = h / s, wo = w / s, cols = batch * ho * wo
+        parallelFor(cin * s * s, grain: 1) { rows in
+            for row in rows {
+                let ci = row / (s * s), ky = (row / s) % s, kx = row % s
+                let dst = cp + row * cols
+                for b in 0..<batch {
+                    let plane = x + (ci * batch + b) * h * w
+                    for oy in 0..<ho {
+                        let src = plane + (oy * s + ky) * w + kx, d = dst + (b * ho + oy) * wo
+                        for ox in 0..<wo { d[ox] = src[ox * s] }
+                    }
+                }
+            }
+        }
+    }
+
+    /// col2im: the inverse scatter (patches do not overlap, so it is a permutation): `dx = ...`.
+    static func patchColumnsBackward(_ dcol: UnsafePointer<Float>, inChannels cin: Int, batch: Int, h: Int, w: Int, stride s: Int,
+                                     into dx: UnsafeMutablePointer<Float>) {
+        let ho = h / s, wo = w / s, cols = batch * ho * wo
+        parallelFor(cin * s * s, grain: 1) { rows in
+            for row in rows {
+                let ci = row / (s * s), ky = (row / s) % s, kx = row % s
+                let src = dcol + row * cols
+                for b in 0..<batch {
+                    let plane = dx + (ci * batch + b) * h * w
+                    for oy in 0..<ho {
+                        let d = plane + (oy * s + ky) * w + kx, sr = src + (b * ho + oy) * wo
+                        for ox in 0..<wo { d[ox * s] = sr[ox] }
+                    }
+                }
+            }
+        }
+    }
+
+
+    /// Patch conv backward: `dW += dy col(x)^T`, `db += rowsum(dy)`, and (when `dx` is given)
+    /// `dx = col2im(W^T dy)`. `dx` may alias `x`.
+    static func patchConvBackward(x: UnsafePointer<Float>, dy: UnsafePointer<Float>, inChannels cin: Int, batch: Int, h: Int, w: Int,
+                                  stride s: Int, weight: Tensor, dWeight: UnsafeMutablePointer<Float>?, dBias: UnsafeMutablePointer<Float>?,
+                                  dx: UnsafeMutablePointer<Float>?, ws: Workspace) {
+        let cols = batch * (h / s) * (w / s), kdim = cin * s * s
+        let col = ws.zeros([kdim, cols])
+        patchColumns(x, inChannels: cin, batch: batch, h: h, w: w, stride: s, into: col.data)
+        let dcol = dx == nil ? nil : ws.zeros([kdim, cols])
+        pointwiseBackward(x: col.data, dy: dy, columns: cols, weight: Tensor(shape: [weight.shape[0], kdim], sharing: weight),
+                          dWeight: dWeight, dBias: dBias, dx: dcol?.data)
+        if let dx, let dcol { patchColumnsBackward(dcol.data, inChannels: cin, batch: batch, h: h, w: w, stride: s, into: dx) }
+    }
+}

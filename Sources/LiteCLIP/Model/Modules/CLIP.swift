@@ -1,0 +1,109 @@
+import Foundation
+
+/// The seed's `CLIP` module: the root of the module tree, whose initialiser walks every
+/// checkpoint key (in `state_dict()` order).
+///
+/// ```
+/// image_embeds = normalize(img_projection(image_encoder(pixels)))
+/// text_embeds  = normalize(txt_projection(text_encoder(tokens)))
+/// logits_per_image = exp(logit_scale) * image_embeds @ text_embeds^T
+/// loss = (CE(logits_per_image) + CE(logits_per_image^T)) / 2
+/// ```
+struct CLIP: Sendable {
+    let config: LiteCLIPConfig
+    let logitScale: Tensor                // logit_scale: ()
+    let imageEncoder: ConvNeXt            // image_encoder.backbone
+    let textEncoder: Bert                 // text_encoder.backbone
+    let imgProjection: ProjectionHead     // img_projection
+    let txtProjection: ProjectionHead     // txt_projection
+
+    /// - Parameter fold: derive the fused inference path's weights (not for training, whose
+    ///   weights change, nor when recording).
+    init(_ s: ParameterScope, _ c: LiteCLIPConfig, fold: Bool) throws {
+        config = c
+        logitScale = try s.tensor("logit_scale", [])   // CLIP's own parameter comes before its children's
+        imageEncoder = try ConvNeXt(s.child("image_encoder").child("backbone"), c.image, fold: fold)
+        textEncoder = try Bert(s.child("text_encoder").child("backbone"), c.text)
+        imgProjection = try ProjectionHead(s.child("img_projection"), input: c.image.outputDim, dim: c.projectionDim)
+        txtProjection = try ProjectionHead(s.child("txt_projection"), input: c.text.hiddenSize, dim: c.projectionDim)
+    }
+
+    /// One tower's caches: the encoder's (nil when it is frozen), the head's, and the norms.
+    final class TowerCache<Encoder> {
+        var encoder: Encoder?
+        let head = ProjectionHead.Cache()
+        var norms: [Float] = []
+        init(encoder: Encoder?) { self.encoder = encoder }
+    }
+
+    // MARK: - Forward
+
+    /// ConvNeXt pooled features `(B, C3)` for pixel values `(B, 3, S, S)`.
+    func imageFeatures(pixels: [Float], batch: Int, ws: Workspace, cache: ConvNeXt.Cache? = nil) -> Buffer {
+        let size = Int((Double(pixels.count / max(batch, 1) / config.image.inChannels)).squareRoot())
+        return pixels.withUnsafeBufferPointer {
+            imageEncoder.forward(pixels: $0.baseAddress!, batch: batch, size: size, ws: ws, cache: cache)
+        }
+    }
+
+    /// Mean-pooled BERT features `(B, H)`.
+    func textFeatures(_ tokens: TokenBatch, ws: Workspace, cache: Bert.Cache? = nil) -> Buffer {
+        textEncoder.forward(ids: tokens.ids, mask: tokens.attentionMask, batch: tokens.batchSize, length: tokens.length, ws: ws, cache: cache)
+    }
+
+    /// Projected, L2-normalised embeddings `(B, D)` from a tower's features.
+    func project(_ features: Buffer, head: ProjectionHead, ws: Workspace, cache: ProjectionHead.Cache? = nil) -> (Buffer, norms: [Float]) {
+        let rows = features.shape[0]
+        let e = head.forward(features, rows: rows, ws: ws, cache: cache)
+        let norms = Kernels.l2Normalize(e.data, rows: rows, dim: config.projectionDim)
+        return (e, norms)
+    }
+
+    /// `exp(logit_scale) * image @ text^T`, `(Bi, Bt)`.
+    func logits(_ img: Buffer, _ txt: Buffer) -> [Float] {
+        let d = config.projectionDim, bi = img.shape[0], bt = txt.shape[0]
+        var out = [Float](repeating: 0, count: bi * bt)
+        Kernels.gemm(img.data, txt.data, &out, m: bi, n: bt, k: d, transB: true)
+        let s = expf(logitScale.scalar)
+        for i in out.indices { out[i] *= s }
+        return out
+    }
+
+    // MARK: - Training step
+
+    /// One forward and backward on a batch of matching (image, caption) pairs: the seed's loss,
+    /// every trainable parameter's gradient ACCUMULATED into `grads`. A frozen tower runs without
+    /// a cache (its dropout still applies, as in PyTorch's train mode).
+    func trainStep(pixels: [Float], batch: Int, tokens: TokenBatch, grads: Gradients, ws: Workspace) -> (loss: Float, logits: [Float]) {
+        precondition(tokens.batchSize == batch, "one caption per image")
+        let image = TowerCache(encoder: grads.of(imageEncoder.stem.conv.weight) != nil ? ConvNeXt.Cache() : nil)
+        let text = TowerCache(encoder: grads.of(textEncoder.wordEmbeddings) != nil ? Bert.Cache() : nil)
+        let imgFeatures = imageFeatures(pixels: pixels, batch: batch, ws: ws, cache: image.encoder)
+        let txtFeatures = textFeatures(tokens, ws: ws, cache: text.encoder)
+        let (ie, inorms) = project(imgFeatures, head: imgProjection, ws: ws, cache: image.head)
+        let (te, tnorms) = project(txtFeatures, head: txtProjection, ws: ws, cache: text.head)
+        let logits = self.logits(ie, te)
+        let (loss, dLogits) = Contrastive.loss(logits: logits, batch: batch)
+
+        // Backward.
+        let d = config.projectionDim, scale = expf(logitScale.scalar)
+        if let g = grads.of(logitScale) {
+            var s: Float = 0
+            for i in 0..<(batch * batch) { s += dLogits[i] * logits[i] }      // d exp(s)/ds = exp(s)
+            g[0] += s
+        }
+        let dSim = dLogits.map { $0 * scale }
+        let die = ws.zeros([batch, d]), dte = ws.zeros([batch, d])
+        dSim.withUnsafeBufferPointer { ds in
+            Kernels.gemm(ds.baseAddress!, te.data, die.data, m: batch, n: d, k: batch)                 // dI = dSim T
+            Kernels.gemm(ds.baseAddress!, ie.data, dte.data, m: batch, n: d, k: batch, transA: true)   // dT = dSim^T I
+        }
+        Kernels.l2NormalizeBackward(e: ie.data, norms: inorms, rows: batch, dim: d, de: die.data)
+        Kernels.l2NormalizeBackward(e: te.data, norms: tnorms, rows: batch, dim: d, de: dte.data)
+        let dImgFeatures = imgProjection.backward(image.head, die, grads: grads, ws: ws)
+        let dTxtFeatures = txtProjection.backward(text.head, dte, grads: grads, ws: ws)
+        if let c = image.encoder { imageEncoder.backward(c, dFeatures: dImgFeatures, grads: grads, ws: ws) }
+        if let c = text.encoder { textEncoder.backward(c, dPooled: dTxtFeatures, grads: grads, ws: ws) }
+        return (loss, logits)
+    }
+}

@@ -1,0 +1,150 @@
+import Foundation
+import TensorIO
+
+/// A read-only float32 tensor, row-major: the type of every weight a module holds.
+/// Weights from an aligned little-endian f32 `.lcw` point straight into the read-only mapping;
+/// f16/bf16 weights are widened once, at load, into storage the tensor owns. Training's weights
+/// are views of `Buffer`s that the trainable copy owns and its optimiser writes.
+public final class Tensor: @unchecked Sendable {
+    public let shape: [Int]
+    public let data: UnsafePointer<Float>
+    /// What keeps `data` alive: the file's bytes, or a `Buffer`.
+    private let owner: AnyObject
+
+    public var count: Int { shape.reduce(1, *) }
+
+    init(shape: [Int], data: UnsafePointer<Float>, owner: AnyObject) {
+        self.shape = shape
+        self.data = data
+        self.owner = owner
+    }
+
+    /// The same memory under another shape (same element count).
+    init(shape: [Int], sharing other: Tensor) {
+        precondition(shape.reduce(1, *) == other.count, "reshape must keep the element count")
+        self.shape = shape
+        data = other.data
+        owner = other
+    }
+
+    /// A checkpoint tensor as a weight: zero-copy for aligned little-endian f32, else widened.
+    convenience init(loading t: Checkpoint.Tensor) throws {
+        let bytes = try t.load()
+        if t.dtype == .f32, let base = bytes.withBytes({ $0.baseAddress }), Int(bitPattern: base) % 4 == 0 {
+            self.init(shape: t.shape, data: base.assumingMemoryBound(to: Float.self), owner: BytesBox(bytes))
+        } else {
+            let b = try Buffer(copying: t)
+            self.init(shape: t.shape, data: UnsafePointer(b.data), owner: b)
+        }
+    }
+
+    public var array: [Float] { Array(UnsafeBufferPointer(start: data, count: count)) }
+
+    /// The scalar value of a 0-d tensor (or the first element).
+    public var scalar: Float { data[0] }
+}
+
+private final class BytesBox { let bytes: TensorBytes; init(_ b: TensorBytes) { bytes = b } }
+
+/// Owned, writable float32 storage: activations, gradients, optimiser moments, and training's
+/// weights. Large buffers come from (and go back to) the `BufferPool` of the model or run that
+/// made them, if any.
+final class Buffer {
+    let shape: [Int]
+    let data: UnsafeMutablePointer<Float>
+    private let pool: BufferPool?
+    private let bytes: Int
+    /// Set for a reshaped view: the buffer that owns the memory.
+    private let base: Buffer?
+
+    var count: Int { shape.reduce(1, *) }
+
+    /// A zero-filled buffer.
+    init(zeros shape: [Int], pool: BufferPool? = nil) {
+        self.shape = shape
+        bytes = max(shape.reduce(1, *), 1) * 4
+        let raw = pool?.take(bytes) ?? UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+        raw.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
+        data = raw.assumingMemoryBound(to: Float.self)
+        self.pool = pool
+        base = nil
+    }
+
+    /// A writable f32 copy of a checkpoint tensor (any float dtype, widened).
+    convenience init(copying t: Checkpoint.Tensor) throws {
+        self.init(zeros: t.shape)
+        let wide = DTypeConversion.convert(try t.load(), from: t.dtype, to: .f32)
+        wide.withBytes { if let p = $0.baseAddress { UnsafeMutableRawPointer(data).copyMemory(from: p, byteCount: $0.count) } }
+    }
+
+    convenience init(_ shape: [Int], _ values: [Float]) {
+        self.init(zeros: shape)
+        values.withUnsafeBufferPointer { data.update(from: $0.baseAddress!, count: min(values.count, count)) }
+    }
+
+    /// The same memory under another shape (same element count).
+    init(shape: [Int], sharing other: Buffer) {
+        precondition(shape.reduce(1, *) == other.count, "reshape must keep the element count")
+        self.shape = shape
+        data = other.data
+        pool = nil
+        bytes = 0
+        base = other
+    }
+
+    deinit {
+        guard base == nil else { return }
+        if let pool { pool.give(UnsafeMutableRawPointer(data), bytes) } else { data.deallocate() }
+    }
+
+    /// A read-only view of this memory (keeps the buffer alive).
+    var view: Tensor { Tensor(shape: shape, data: UnsafePointer(data), owner: self) }
+
+    var array: [Float] { Array(UnsafeBufferPointer(start: data, count: count)) }
+
+    func fill(_ v: Float) { data.update(repeating: v, count: count) }
+}
+
+/// Recycles the large buffers of one model or one training run. A training step allocates the
+/// same sizes every step; buffers this large come from fresh `mmap`s, so without recycling
+/// every step pays the kernel's page faults and page zeroing (8% of a batch-64 training step,
+/// perf) on top of our own fill. Holds at most `maxCachedBytes` of free buffers, freed with the
+/// pool; smaller buffers go straight to the allocator.
+final class BufferPool: @unchecked Sendable {
+    static let minBytes = 1 << 20
+    let maxCachedBytes: Int
+    private let lock = NSLock()
+    private var free: [Int: [UnsafeMutableRawPointer]] = [:]
+    private var cachedBytes = 0
+
+    init(maxCachedBytes: Int) { self.maxCachedBytes = maxCachedBytes }
+
+    func take(_ bytes: Int) -> UnsafeMutableRawPointer {
+        if bytes >= Self.minBytes {
+            lock.lock()
+            if let p = free[bytes]?.popLast() {
+                cachedBytes -= bytes
+                lock.unlock()
+                return p
+            }
+            lock.unlock()
+        }
+        return UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+    }
+
+    func give(_ p: UnsafeMutableRawPointer, _ bytes: Int) {
+        if bytes >= Self.minBytes {
+            lock.lock()
+            if cachedBytes + bytes <= maxCachedBytes {
+                free[bytes, default: []].append(p)
+                cachedBytes += bytes
+                lock.unlock()
+                return
+            }
+            lock.unlock()
+        }
+        p.deallocate()
+    }
+
+    deinit { for list in free.values { for p in list { p.deallocate() } } }
+}
