@@ -16,10 +16,7 @@ extension Kernels {
             var pd = [Float](repeating: 0, count: dropMask == nil ? 0 : t * t)
             for bh in range {
                 let r = bh / heads, hd = bh % heads
-                for j in 0..<t { for e in 0..<d {
-                    let src = (r * t + j) * h + hd * d + e
-                    qh[j * d + e] = q[src]; kh[j * d + e] = k[src]; vh[j * d + e] = v[src]
-                } }
+                gatherHeads(q, k, v, text: r, head: hd, t: t, d: d, hidden: h, into: &qh, &kh, &vh)
                 let sp = probs + bh * t * t
                 gemm(qh, kh, sp, m: t, n: t, k: d, transB: true)
                 for i in 0..<t {
@@ -56,11 +53,8 @@ extension Kernels {
             var pd = [Float](repeating: 0, count: t * t), dp = pd
             for bh in range {
                 let r = bh / heads, hd = bh % heads
-                for j in 0..<t { for e in 0..<d {
-                    let src = (r * t + j) * h + hd * d + e
-                    qh[j * d + e] = q[src]; kh[j * d + e] = k[src]; vh[j * d + e] = v[src]
-                    dch[j * d + e] = dctx[src]
-                } }
+                gatherHeads(q, k, v, text: r, head: hd, t: t, d: d, hidden: h, into: &qh, &kh, &vh)
+                gatherHead(dctx, text: r, head: hd, t: t, d: d, hidden: h, into: &dch)
                 let p = probs + bh * t * t
                 let m = dropMask.map { $0 + bh * t * t }
                 if let m { for i in 0..<(t * t) { pd[i] = p[i] * m[i] } } else { for i in 0..<(t * t) { pd[i] = p[i] } }
@@ -79,6 +73,23 @@ extension Kernels {
                     dq[dst] = dqh[j * d + e]; dk[dst] = dkh[j * d + e]; dv[dst] = dvh[j * d + e]
                 } }
             }
+        }
+    }
+
+    /// The (text, head) blocks of q, k and v.
+    @inline(__always)
+    static func gatherHeads(_ q: UnsafePointer<Float>, _ k: UnsafePointer<Float>, _ v: UnsafePointer<Float>, text r: Int, head hd: Int,
+                            t: Int, d: Int, hidden h: Int, into qh: inout [Float], _ kh: inout [Float], _ vh: inout [Float]) {
+        gatherHead(q, text: r, head: hd, t: t, d: d, hidden: h, into: &qh)
+        gatherHead(k, text: r, head: hd, t: t, d: d, hidden: h, into: &kh)
+        gatherHead(v, text: r, head: hd, t: t, d: d, hidden: h, into: &vh)
+    }
+
+    /// One (text, head) block `(T, D)` of row-major `[B*T][H]` (heads are column blocks of D).
+    @inline(__always)
+    static func gatherHead(_ x: UnsafePointer<Float>, text r: Int, head hd: Int, t: Int, d: Int, hidden h: Int, into out: inout [Float]) {
+        out.withUnsafeMutableBufferPointer { o in
+            for j in 0..<t { (o.baseAddress! + j * d).update(from: x + (r * t + j) * h + hd * d, count: d) }
         }
     }
 }

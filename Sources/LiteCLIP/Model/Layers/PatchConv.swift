@@ -34,41 +34,36 @@ extension Kernels {
     /// im2col for a kernel = stride = s convolution: `[Cin*s*s][B*Ho*Wo]`.
     static func patchColumns(_ x: UnsafePointer<Float>, inChannels cin: Int, batch: Int, h: Int, w: Int, stride s: Int,
                              into cp: UnsafeMutablePointer<Float>) {
-        let ho = h / s, wo = w / s, cols = batch * ho * wo
-        parallelFor(cin * s * s, grain: 1) { rows in
-            for row in rows {
-                let ci = row / (s * s), ky = (row / s) % s, kx = row % s
-                let dst = cp + row * cols
-                for b in 0..<batch {
-                    let plane = x + (ci * batch + b) * h * w
-                    for oy in 0..<ho {
-                        let src = plane + (oy * s + ky) * w + kx, d = dst + (b * ho + oy) * wo
-                        for ox in 0..<wo { d[ox] = src[ox * s] }
-                    }
-                }
-            }
+        forEachPatchRow(inChannels: cin, batch: batch, h: h, w: w, stride: s) { image, column, n in
+            for ox in 0..<n { cp[column + ox] = x[image + ox * s] }
         }
     }
 
-    /// col2im: the inverse scatter (patches do not overlap, so it is a permutation): `dx = ...`.
+    /// col2im: the inverse scatter (patches do not overlap, so it is a permutation).
     static func patchColumnsBackward(_ dcol: UnsafePointer<Float>, inChannels cin: Int, batch: Int, h: Int, w: Int, stride s: Int,
                                      into dx: UnsafeMutablePointer<Float>) {
+        forEachPatchRow(inChannels: cin, batch: batch, h: h, w: w, stride: s) { image, column, n in
+            for ox in 0..<n { dx[image + ox * s] = dcol[column + ox] }
+        }
+    }
+
+    /// The index walk both share: for each column row `(ci, ky, kx)`, image and output row
+    /// `(b, oy)`, the offset of the first input pixel (then every s-th), of the first column
+    /// element (then contiguous), and the count Wo.
+    @inline(__always)
+    private static func forEachPatchRow(inChannels cin: Int, batch: Int, h: Int, w: Int, stride s: Int,
+                                        _ body: (_ image: Int, _ column: Int, _ count: Int) -> Void) {
         let ho = h / s, wo = w / s, cols = batch * ho * wo
         parallelFor(cin * s * s, grain: 1) { rows in
             for row in rows {
                 let ci = row / (s * s), ky = (row / s) % s, kx = row % s
-                let src = dcol + row * cols
                 for b in 0..<batch {
-                    let plane = dx + (ci * batch + b) * h * w
-                    for oy in 0..<ho {
-                        let d = plane + (oy * s + ky) * w + kx, sr = src + (b * ho + oy) * wo
-                        for ox in 0..<wo { d[ox * s] = sr[ox] }
-                    }
+                    let plane = (ci * batch + b) * h * w
+                    for oy in 0..<ho { body(plane + (oy * s + ky) * w + kx, row * cols + (b * ho + oy) * wo, wo) }
                 }
             }
         }
     }
-
 
     /// Patch conv backward: `dW += dy col(x)^T`, `db += rowsum(dy)`, and (when `dx` is given)
     /// `dx = col2im(W^T dy)`. `dx` may alias `x`.
