@@ -44,11 +44,14 @@ let package = Package(
         ]),
         // The fuzz targets (scripts/fuzz builds this product alone with -sanitize=fuzzer,address);
         // built normally it replays inputs without sanitizers.
-        .executableTarget(name: "liteclip-fuzz", dependencies: ["LiteCLIP", "TensorIO"]),
+        .executableTarget(name: "liteclip-fuzz", dependencies: ["LiteCLIPFuzz"]),
+        // One entry point per input surface, on heap bytes: the fuzz targets' code, which the
+        // regression replay in the test suite calls too.
+        .target(name: "LiteCLIPFuzz", dependencies: ["LiteCLIP", "TensorIO"]),
         // Fixture paths, error assertions and builders for hostile inputs, shared by the tests.
         .target(name: "TestSupport", dependencies: ["TensorIO"], path: "Tests/TestSupport"),
         .testTarget(name: "TensorIOTests", dependencies: ["TensorIO", "TestSupport"]),
-        .testTarget(name: "LiteCLIPTests", dependencies: ["LiteCLIP", "TensorIO", "TestSupport"]),
+        .testTarget(name: "LiteCLIPTests", dependencies: ["LiteCLIP", "LiteCLIPFuzz", "TensorIO", "TestSupport"]),
         // The public Swift API as an app sees it (no @testable import).
         .testTarget(name: "LiteCLIPAPITests", dependencies: ["LiteCLIP", "TestSupport"]),
     ]

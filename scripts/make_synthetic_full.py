@@ -6,13 +6,13 @@ Timing does not depend on the values, so `scripts/bench-inference` and `scripts/
 on this file measure the same work as on the real checkpoint (golden/generate.py --full).
 The seed's vocab.txt and config.json are copied beside it so liteclip-convert finds them.
 
-Usage: python3 scripts/make_synthetic_full.py [OUT_DIR]   (default golden/full-synthetic)
+Usage: python3 scripts/make_synthetic_full.py [OUT_DIR]   (default .build/full-synthetic)
 Then:  scripts/bench-inference OUT_DIR/liteclip2.safetensors
 """
 import json, os, shutil, struct, sys
 import numpy as np
 
-out = sys.argv[1] if len(sys.argv) > 1 else "golden/full-synthetic"
+out = sys.argv[1] if len(sys.argv) > 1 else ".build/full-synthetic"
 seed_dir = os.environ.get("LITECLIP_SEED", "../shared/liteclip-seed")
 os.makedirs(out, exist_ok=True)
 rng = np.random.default_rng(0)

@@ -1,5 +1,6 @@
 import Foundation
 import LiteCLIP
+import LiteCLIPFuzz
 
 /// The fuzz targets, one binary: `LITECLIP_FUZZ_TARGET=<pickle|pt|safetensors|onnx|lcw|image|tokenizer|captions>`
 /// picks the surface (`FuzzEntry`). Built by scripts/fuzz with `-sanitize=fuzzer,address

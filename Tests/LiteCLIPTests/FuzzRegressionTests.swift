@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 import LiteCLIP
+import LiteCLIPFuzz
 import TestSupport
 
 /// Replays every committed fuzz input (golden/fuzz/<target>/: inputs that once crashed, hung or

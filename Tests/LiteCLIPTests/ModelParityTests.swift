@@ -19,8 +19,8 @@ final class ModelParityTests: XCTestCase {
     func testVerifyPassesOnTheCommittedReference() throws {
         let model = try LiteCLIPModel(path: Self.lcwPath)
         let v = try Verification.run(model: model, reference: Self.reference)
-        print(v.text())
-        XCTAssertTrue(v.passed, v.text())
+        print(v.report)
+        XCTAssertTrue(v.passed, v.report)
         XCTAssertEqual(v.rows.map(\.name), ["image_features", "text_features", "image_embeds", "text_embeds", "logits_per_image", "probs_per_image"])
         XCTAssertTrue(v.notes.contains { $0.hasPrefix("tokenizer: ids equal") }, v.notes.joined(separator: "\n"))
     }
@@ -34,7 +34,7 @@ final class ModelParityTests: XCTestCase {
             o.dtype = dtype
             _ = try Converter.convert(input: Fixtures.golden("liteclip2.pt"), output: out, options: o)
             let v = try Verification.run(model: try LiteCLIPModel(path: out), reference: Fixtures.golden(ref))
-            XCTAssertTrue(v.passed, "\(dtype):\n" + v.text())
+            XCTAssertTrue(v.passed, "\(dtype):\n" + v.report)
         }
     }
 
@@ -80,5 +80,13 @@ final class ModelParityTests: XCTestCase {
         XCTAssertThrowsError(try LiteCLIPModel(path: out)) { e in
             XCTAssertEqual((e as? ModelError)?.missing, ["txt_projection.ln.bias [256]"], "\(e)")
         }
+    }
+}
+
+extension Verification {
+    /// Every compared output with its max abs error and tolerance, for failure messages.
+    var report: String {
+        (["reference \(reference)"] + notes + rows.map { "\($0.name): max abs \($0.maxAbs), max rel \($0.maxRel), tolerance \($0.tolerance) \($0.passed ? "ok" : "FAIL")" })
+            .joined(separator: "\n")
     }
 }

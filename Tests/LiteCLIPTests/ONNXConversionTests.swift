@@ -47,7 +47,7 @@ final class ONNXConversionTests: XCTestCase {
         for rel in Self.files {
             let (_, lcw) = try convert(rel)
             let v = try Verification.run(model: try LiteCLIPModel(lcw), reference: Fixtures.golden("reference.safetensors"))
-            XCTAssertTrue(v.passed, "\(rel):\n" + v.text())
+            XCTAssertTrue(v.passed, "\(rel):\n" + v.report)
         }
     }
 
@@ -55,7 +55,7 @@ final class ONNXConversionTests: XCTestCase {
         let i = try Inspection.inspect(Fixtures.golden("onnx/liteclip2_torchscript.onnx"))
         XCTAssertEqual(i.format, .onnx)
         XCTAssertEqual(i.rows.count, try ONNXReader.read(ByteSource(mapping: Fixtures.golden("onnx/liteclip2_torchscript.onnx"))).initializers.count)
-        let text = i.text()
+        let text = try CLITests.run("liteclip", ["inspect", Fixtures.golden("onnx/liteclip2_torchscript.onnx")]).out
         XCTAssertTrue(text.contains("input: pixel_values f32"), text)
         XCTAssertTrue(text.contains("ops: "), text)
         XCTAssertNotNil(i.onnx?["op_counts"])
@@ -114,7 +114,7 @@ final class ONNXConversionTests: XCTestCase {
         }
         XCTAssertTrue(bad.isEmpty, "tensors differing from the .pt:\n" + bad.joined(separator: "\n"))
         let v = try Verification.run(model: try LiteCLIPModel(lcw), reference: Fixtures.golden("reference.safetensors"))
-        XCTAssertTrue(v.passed, v.text())
+        XCTAssertTrue(v.passed, v.report)
     }
 
     func testNotLiteCLIPGraph() throws {

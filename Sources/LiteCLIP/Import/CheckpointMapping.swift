@@ -53,8 +53,8 @@ public struct CheckpointMapping {
         let config = try Self.inferConfig(byName, textConfig: textConfig, file: file)
 
         // 3. Strict placement.
-        let placed = try Strictness.place(byName, expected: LiteCLIPParameters.expected(for: config),
-                                          ignorable: LiteCLIPParameters.ignorable(for: config), file: file,
+        let declared = LiteCLIPParameters.declared(config)
+        let placed = try Strictness.place(byName, expected: declared.specs, ignorable: Set(declared.ignorable), file: file,
                                           context: "the checkpoint does not match liteCLIP (\(Self.describe(config)))",
                                           sourcePrefix: prefix, unexpected: unexpected, allowUnexpected: allowUnexpected)
         let hasPooler = !placed.groups.isEmpty

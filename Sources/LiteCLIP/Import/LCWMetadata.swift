@@ -11,6 +11,11 @@ public struct LCWMetadata: Codable, Equatable, Sendable {
     public var source: SourceInfo
     public var converter: ConverterInfo
 
+    public init(model: LiteCLIPConfig, tokenizer: TokenizerSpec, preprocess: PreprocessConfig, source: SourceInfo,
+                converter: ConverterInfo) {
+        (self.model, self.tokenizer, self.preprocess, self.source, self.converter) = (model, tokenizer, preprocess, source, converter)
+    }
+
     public struct SourceInfo: Codable, Equatable, Sendable {
         public var file: String
         public var sha256: String
@@ -24,6 +29,12 @@ public struct LCWMetadata: Codable, Equatable, Sendable {
         /// Present only in a model written by `liteclip train`: what it was trained from and how.
         public var trainedFrom: TrainingInfo? = nil
 
+        public init(file: String, sha256: String, format: String, wrapper: String?, keyPrefix: String, ignoredTensors: [String],
+                    partial: [String]? = nil) {
+            (self.file, self.sha256, self.format, self.wrapper) = (file, sha256, format, wrapper)
+            (self.keyPrefix, self.ignoredTensors, self.partial) = (keyPrefix, ignoredTensors, partial)
+        }
+
         enum CodingKeys: String, CodingKey {
             case file, sha256, format, wrapper, partial
             case trainedFrom = "trained"
@@ -35,6 +46,7 @@ public struct LCWMetadata: Codable, Equatable, Sendable {
     public struct ConverterInfo: Codable, Equatable, Sendable {
         public var name = "liteclip-convert"
         public var version = LiteCLIPVersion.string
+        public init() {}
     }
 
     public func jsonObject() throws -> [String: Any] {

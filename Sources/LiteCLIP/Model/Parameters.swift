@@ -111,12 +111,13 @@ struct ParameterScope {
 public enum LiteCLIPParameters {
     /// All parameters in the seed's `state_dict()` order (260 for convnext_tiny + bert-mini),
     /// listed by walking the modules' initialisers.
-    public static func expected(for c: LiteCLIPConfig) -> [ParameterSpec] { walk(c).specs }
+    public static func expected(for c: LiteCLIPConfig) -> [ParameterSpec] { declared(c).specs }
 
     /// Tensors a checkpoint may carry that the model never uses (conversion drops and names them).
-    public static func ignorable(for c: LiteCLIPConfig) -> Set<String> { Set(walk(c).ignorable) }
+    public static func ignorable(for c: LiteCLIPConfig) -> Set<String> { Set(declared(c).ignorable) }
 
-    private static func walk(_ c: LiteCLIPConfig) -> ParameterSource {
+    /// Both lists from one walk of the initialisers.
+    static func declared(_ c: LiteCLIPConfig) -> ParameterSource {
         let source = ParameterSource(.record, file: "")
         // Recording never throws: every tensor is handed out.
         _ = try? CLIP(ParameterScope(source), c, fold: false)

@@ -54,8 +54,6 @@ final class Buffer {
     let data: UnsafeMutablePointer<Float>
     private let pool: BufferPool?
     private let bytes: Int
-    /// Set for a reshaped view: the buffer that owns the memory.
-    private let base: Buffer?
 
     var count: Int { shape.reduce(1, *) }
 
@@ -67,7 +65,6 @@ final class Buffer {
         raw.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
         data = raw.assumingMemoryBound(to: Float.self)
         self.pool = pool
-        base = nil
     }
 
     /// A writable f32 copy of a checkpoint tensor (any float dtype, widened).
@@ -82,18 +79,7 @@ final class Buffer {
         values.withUnsafeBufferPointer { data.update(from: $0.baseAddress!, count: min(values.count, count)) }
     }
 
-    /// The same memory under another shape (same element count).
-    init(shape: [Int], sharing other: Buffer) {
-        precondition(shape.reduce(1, *) == other.count, "reshape must keep the element count")
-        self.shape = shape
-        data = other.data
-        pool = nil
-        bytes = 0
-        base = other
-    }
-
     deinit {
-        guard base == nil else { return }
         if let pool { pool.give(UnsafeMutableRawPointer(data), bytes) } else { data.deallocate() }
     }
 

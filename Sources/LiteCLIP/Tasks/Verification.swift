@@ -105,17 +105,6 @@ public struct Verification {
                             weightsDType: ref.metadata["weights_dtype"] ?? "f32", rows: rows, notes: notes)
     }
 
-    public func text() -> String {
-        var out = ["reference: \(reference) (\(images) images x \(texts) texts, PyTorch weights \(weightsDType))"]
-        out += notes.map { "  " + $0 }
-        out.append("  " + "output".padding(toLength: 18, withPad: " ", startingAt: 0) + "values    max abs err   max rel err   tolerance   result")
-        for r in rows {
-            out.append("  " + r.name.padding(toLength: 18, withPad: " ", startingAt: 0)
-                       + String(format: "%6d   %11.3e   %11.3e   %9.1e   %@", r.count, r.maxAbs, r.maxRel, r.tolerance, r.passed ? "ok" : "FAIL"))
-        }
-        out.append(passed ? "PASS: Swift matches PyTorch within tolerance" : "FAIL: Swift differs from PyTorch beyond tolerance")
-        return out.joined(separator: "\n")
-    }
 }
 
 func softmax(_ x: inout [Float], row: Int, n: Int) {

@@ -1,4 +1,5 @@
 import Foundation
+import LiteCLIP
 import TensorIO
 
 /// One entry point per input surface, on heap bytes (AddressSanitizer cannot see overruns
