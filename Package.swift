@@ -25,6 +25,9 @@ let package = Package(
                        providers: [.apt(["libturbojpeg0-dev"])]),
         .systemLibrary(name: "CPNG", path: "Sources/CPNG", pkgConfig: "libpng",
                        providers: [.apt(["libpng-dev"])]),
+        // libwebp (libwebp-dev): WebP through its animation decoder (libwebpdemux), as Pillow does.
+        .systemLibrary(name: "CWebP", path: "Sources/CWebP", pkgConfig: "libwebpdemux",
+                       providers: [.apt(["libwebp-dev"])]),
         // protobuf-c code generated from ONNX's onnx.proto (formats/onnx.md), linked against
         // Debian's libprotobuf-c (libprotobuf-c-dev).
         .target(name: "CONNX", path: "Sources/CONNX", linkerSettings: [.linkedLibrary("protobuf-c")]),
@@ -33,15 +36,15 @@ let package = Package(
         .target(name: "TensorIO", dependencies: ["CZip", "CONNX"]),
         // The liteCLIP model: config, parameter set, mapping a checkpoint onto it, conversion,
         // tokenizer, image pipeline, and the native forward pass.
-        .target(name: "LiteCLIP", dependencies: ["TensorIO", "CBLAS", "CTurboJPEG", "CPNG"]),
-        .executableTarget(name: "liteclip-convert", dependencies: [
+        .target(name: "LiteCLIP", dependencies: ["TensorIO", "CBLAS", "CTurboJPEG", "CPNG", "CWebP"]),
+        // Every command of both executables: parsing, checks before work, reports (text, JSON,
+        // CSV), the one error format and the exit codes (docs/cli.md).
+        .target(name: "LiteCLIPCommands", dependencies: [
             "LiteCLIP", "TensorIO",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .executableTarget(name: "liteclip", dependencies: [
-            "LiteCLIP", "TensorIO",
-            .product(name: "ArgumentParser", package: "swift-argument-parser"),
-        ]),
+        .executableTarget(name: "liteclip-convert", dependencies: ["LiteCLIPCommands"]),
+        .executableTarget(name: "liteclip", dependencies: ["LiteCLIPCommands"]),
         // The fuzz targets (scripts/fuzz builds this product alone with -sanitize=fuzzer,address);
         // built normally it replays inputs without sanitizers.
         .executableTarget(name: "liteclip-fuzz", dependencies: ["LiteCLIPFuzz"]),

@@ -734,6 +734,7 @@ def write_inference_fixtures(out, full):
     run(os.path.join(here, "generate_onnx_cases.py"))
     run(os.path.join(here, "generate_onnx.py"))
     run(os.path.join(here, "generate_images.py"))
+    run(os.path.join(here, "generate_webp.py"))
     run(os.path.join(here, "make_training.py"), "--golden")
     common = ["--checkpoint", os.path.join(here, "liteclip2.pt"), "--tokenizer", os.path.join(seed, "model"),
               "--text-config", os.path.join(here, "config.json")]

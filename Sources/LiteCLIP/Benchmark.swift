@@ -62,8 +62,11 @@ import Foundation
     /// The model at `path`; `fused: false` runs ConvNeXt's plain path instead of the fused
     /// inference path (to measure what the fusion buys).
     public static func load(path: String, fused: Bool) throws -> LiteCLIPModel {
-        let loaded = try ModelSource.open(path)
-        return try LiteCLIPModel(metadata: loaded.metadata, tensors: loaded.tensors, file: path, fused: fused)
+        try load(ModelSource.open(path), file: path, fused: fused)
+    }
+
+    public static func load(_ loaded: ModelSource.Loaded, file: String, fused: Bool) throws -> LiteCLIPModel {
+        try LiteCLIPModel(metadata: loaded.metadata, tensors: loaded.tensors, file: file, fused: fused)
     }
 
     public static func run(model m: LiteCLIPModel, reps: Int = 3) -> [Result] {
@@ -106,7 +109,14 @@ import Foundation
     }
 
     public static func run(modelPath: String, batch: Int, steps: Int) throws -> Result {
-        let model = try TrainableModel(path: modelPath)
+        try run(TrainableModel(path: modelPath), batch: batch, steps: steps)
+    }
+
+    public static func run(_ loaded: ModelSource.Loaded, file: String, batch: Int, steps: Int) throws -> Result {
+        try run(TrainableModel(loaded, file: file), batch: batch, steps: steps)
+    }
+
+    static func run(_ model: TrainableModel, batch: Int, steps: Int) throws -> Result {
         let grads = model.makeGradients()
         let opt = AdamOptimizer(settings: .init(kind: .adam), gradients: grads)
         let pixels = InferenceBenchmark.pixels(batch: batch)

@@ -36,6 +36,11 @@ public final class LiteCLIPModel: Sendable {
         try self.init(metadata: loaded.metadata, tensors: loaded.tensors, file: path)
     }
 
+    /// A model from weights already opened with `ModelSource.open` (`file` names them in errors).
+    public convenience init(_ loaded: ModelSource.Loaded, file: String) throws {
+        try self.init(metadata: loaded.metadata, tensors: loaded.tensors, file: file)
+    }
+
     public convenience init(_ file: LiteCLIPFile) throws {
         try self.init(metadata: file.metadata, tensors: file.tensors, file: file.lcw.checkpoint.file)
     }

@@ -19,7 +19,7 @@ public enum FuzzEntry: String, CaseIterable, Sendable {
     case onnx
     /// `.lcw` open + validation + tensor views + building the model, as `liteclip verify` does.
     case lcw
-    /// JPEG/PNG decoding and the seed's preprocessing.
+    /// JPEG/PNG/WebP decoding and the seed's preprocessing.
     case image
     /// The tokenizer on arbitrary UTF-8 (and invalid UTF-8, decoded with replacement).
     case tokenizer

@@ -2,6 +2,10 @@
 import Glibc
 #endif
 import Foundation
+import Synchronization
+
+/// SIGINT/SIGTERM received since `installGracefulInterrupt()`.
+let interruptCount = Atomic<Int>(0)
 
 /// Writes a file so that it either appears complete under its final name or not at all.
 ///
@@ -73,6 +77,26 @@ public final class AtomicFile {
             TempRegistry.remove(slot)
         }
     }
+
+    /// For long jobs that stop cleanly: the first SIGINT or SIGTERM only sets
+    /// `interruptRequested` (and says so on stderr) so the job can finish its step and save; a
+    /// second one removes every temporary file in flight and exits with 128 + the signal.
+    public static func installGracefulInterrupt() {
+        for sig in [SIGINT, SIGTERM] {
+            signal(sig) { s in
+                if interruptCount.wrappingAdd(1, ordering: .relaxed).oldValue == 0 {
+                    let msg: StaticString = "\ninterrupt: stopping after this step and saving a checkpoint (interrupt again to stop at once)\n"
+                    msg.withUTF8Buffer { _ = Glibc.write(2, $0.baseAddress, $0.count) }   // no allocation in a handler
+                    return
+                }
+                TempRegistry.unlinkAll()
+                _exit(128 + s)
+            }
+        }
+    }
+
+    /// True once SIGINT or SIGTERM arrived after `installGracefulInterrupt()`.
+    public static var interruptRequested: Bool { interruptCount.load(ordering: .relaxed) > 0 }
 
     /// Makes SIGINT and SIGTERM remove every temporary file in flight before the process exits.
     public static func installSignalCleanup() {

@@ -25,7 +25,7 @@ final class PublicAPITests: XCTestCase {
 
         // ---- the snippet, as in README.md ----
         let model = try LiteCLIPModel(contentsOf: URL(fileURLWithPath: "liteclip2.lcw"))
-        let photo = try RGBImage(contentsOf: URL(fileURLWithPath: "cat.jpg"))           // JPEG or PNG
+        let photo = try RGBImage(contentsOf: URL(fileURLWithPath: "cat.jpg"))           // JPEG, PNG or WebP
         let drawn = try RGBImage(width: 2, height: 1, pixels: [255, 0, 0, 0, 255, 0])  // in memory, row-major RGB8
         let images: Embeddings = try model.embed(images: [photo, drawn])                // 2 x 256, L2-normalised
         let texts: Embeddings = try model.embed(texts: ["a photo of a cat", "a photo of a dog"])

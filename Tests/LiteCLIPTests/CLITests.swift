@@ -15,7 +15,7 @@ final class CLITests: XCTestCase {
 
     static func run(_ tool: String, _ args: [String]) throws -> Result {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: Self.binDir + "/" + tool)
+        p.executableURL = URL(fileURLWithPath: tool.hasPrefix("/") ? tool : Self.binDir + "/" + tool)
         p.arguments = args
         let o = Pipe(), e = Pipe()
         p.standardOutput = o
@@ -66,7 +66,7 @@ final class CLITests: XCTestCase {
             (Fixtures.golden("cases/whole_module.pt"), "whole pickled model"),
             (Fixtures.golden("cases/views.pt"), "not a liteCLIP checkpoint"),
             (Fixtures.golden("README.md"), "not a PyTorch checkpoint"),
-            (dir + "/missing.pt", "cannot open"),
+            (dir + "/missing.pt", "no such checkpoint"),
         ]
         for (input, message) in cases {
             let r = try run("liteclip-convert", [input, dir + "/o.lcw", "--vocab", Fixtures.vocab])
@@ -126,7 +126,9 @@ final class InferenceCLITests: XCTestCase {
         XCTAssertEqual(lines.count, 3)
         XCTAssertTrue(lines.allSatisfy { $0.range(of: #"^.+: \d+\.\d\d%$"#, options: .regularExpression) != nil }, r.out)
         let j = try run(["zero-shot", Self.lcw, cat] + labels + ["--json", "--top-k", "2"])
-        let obj = try JSONSerialization.jsonObject(with: Data(j.out.utf8)) as! [String: Any]
+        let top = try JSONSerialization.jsonObject(with: Data(j.out.utf8)) as! [String: Any]
+        let obj = (top["results"] as! [[String: Any]])[0]
+        XCTAssertEqual(obj["image"] as? String, cat)
         XCTAssertEqual((obj["logits"] as! [Double]).count, 3)
         XCTAssertEqual((obj["ranking"] as! [[String: Any]]).count, 2)
         XCTAssertEqual((obj["probabilities"] as! [Double]).reduce(0, +), 1, accuracy: 1e-5)
@@ -158,11 +160,12 @@ final class InferenceCLITests: XCTestCase {
             XCTAssertEqual(row.map { $0 * $0 }.reduce(0, +), 1, accuracy: 1e-5)
             XCTAssertLessThan(zip(row, alone).map { abs($0 - $1) }.max()!, 1e-6, t)
         }
-        let names = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/t.names.json"))) as! [String]
-        XCTAssertEqual(names, texts)
+        let names = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/t.names.json"))) as! [String: Any]
+        XCTAssertEqual(names["names"] as? [String], texts)
+        XCTAssertEqual((names["skipped"] as? [Any])?.count, 0)
         let img = try run(["embed", Self.lcw, "--images", Fixtures.golden("images"), "--out", dir + "/i.npy", "--batch-size", "8"])
         XCTAssertEqual(img.status, 0, img.err)
-        let inames = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/i.names.json"))) as! [String]
+        let inames = (try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/i.names.json"))) as! [String: Any])["names"] as! [String]
         XCTAssertEqual(inames, inames.sorted())
         XCTAssertGreaterThan(inames.count, 20)
     }

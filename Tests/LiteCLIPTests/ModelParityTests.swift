@@ -21,7 +21,7 @@ final class ModelParityTests: XCTestCase {
         let v = try Verification.run(model: model, reference: Self.reference)
         print(v.report)
         XCTAssertTrue(v.passed, v.report)
-        XCTAssertEqual(v.rows.map(\.name), ["image_features", "text_features", "image_embeds", "text_embeds", "logits_per_image", "probs_per_image"])
+        XCTAssertEqual(v.rows.map(\.name), ["image_features", "text_features", "image_embeds", "text_embeds", "logits_per_image", "probs_per_image", "pixel_values"])
         XCTAssertTrue(v.notes.contains { $0.hasPrefix("tokenizer: ids equal") }, v.notes.joined(separator: "\n"))
     }
 

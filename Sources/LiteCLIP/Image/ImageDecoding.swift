@@ -4,12 +4,13 @@ import Glibc
 import Foundation
 import TensorIO
 
-/// Decoding JPEG and PNG files into 8-bit RGB, with the pixels PIL gives for
+/// Decoding JPEG, PNG and WebP files into 8-bit RGB, with the pixels PIL gives for
 /// `Image.open(path).convert('RGB')`. Spec: formats/images.md.
 ///
-/// Port of: Pillow's JpegImagePlugin / PngImagePlugin (modes and raw modes), Unpack.c and
-/// Convert.c (the conversions to RGB). The JPEG entropy decoding and IDCT are libjpeg-turbo's
-/// (through TurboJPEG), as in Pillow; PNG rows come from libpng.
+/// Port of: Pillow's JpegImagePlugin / PngImagePlugin / WebPImagePlugin (modes and raw modes),
+/// Unpack.c and Convert.c (the conversions to RGB). The JPEG entropy decoding and IDCT are
+/// libjpeg-turbo's (through TurboJPEG), as in Pillow; PNG rows come from libpng; WebP frames
+/// come from libwebp's animation decoder, as in Pillow.
 
 /// An 8-bit RGB image: `pixels` holds `height` rows of `width` interleaved R, G, B bytes.
 public struct RGBImage: Sendable, Equatable {
@@ -29,7 +30,7 @@ public struct RGBImage: Sendable, Equatable {
         self.init(checked: width, height, pixels)
     }
 
-    /// Decodes a JPEG or PNG file (the format comes from its first bytes, not its name).
+    /// Decodes a JPEG, PNG or WebP file (the format comes from its first bytes, not its name).
     public init(contentsOf url: URL) throws {
         self = try ImageDecoder.decode(path: url.path)
     }
@@ -49,13 +50,13 @@ public struct ImageError: Error, CustomStringConvertible, Sendable, Equatable {
     public enum Code: String, Sendable {
         /// The file could not be read.
         case ioError
-        /// Not a JPEG or PNG (GIF, WebP, BMP, TIFF, HEIF, unknown bytes, empty file).
+        /// Not a JPEG, PNG or WebP (GIF, BMP, TIFF, HEIF, unknown bytes, empty file).
         case unsupportedFormat
         /// The data ends before the image does.
         case truncated
         /// Malformed data (bad chunk, checksum, marker, compressed stream, header field).
         case corrupt
-        /// A JPEG or PNG variant this decoder does not handle.
+        /// A JPEG, PNG or WebP variant this decoder does not handle.
         case unsupportedVariant
         /// Wider or taller than `ImageDecoder.maxSide`, or more than `ImageDecoder.maxPixels`.
         case tooLarge
@@ -87,7 +88,7 @@ public enum ImageDecoder {
     /// Largest accepted width x height (PIL warns from 89.5 megapixels on).
     public static let maxPixels = 100_000_000
 
-    /// Decodes the JPEG or PNG file at `path` (the format comes from its first bytes, not its name).
+    /// Decodes the JPEG, PNG or WebP file at `path` (the format comes from its first bytes, not its name).
     public static func decode(path: String) throws -> RGBImage {
         let source: ByteSource
         do {
@@ -98,14 +99,14 @@ public enum ImageDecoder {
         return try source.withBytes { try decode(buffer: $0, name: path) }
     }
 
-    /// Decodes an in-memory JPEG or PNG; `name` is used in errors.
+    /// Decodes an in-memory JPEG, PNG or WebP; `name` is used in errors.
     public static func decode(bytes: [UInt8], name: String) throws -> RGBImage {
         try bytes.withUnsafeBytes { try decode(buffer: $0, name: name) }
     }
 
     /// The format named by the first bytes of a file.
     enum Format: Equatable {
-        case jpeg, png
+        case jpeg, png, webp
         case unsupported(String)
     }
 
@@ -115,21 +116,22 @@ public enum ImageDecoder {
         }
         if starts([0xFF, 0xD8, 0xFF]) { return .jpeg }
         if starts([0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]) { return .png }
+        if starts(Array("RIFF".utf8)) && starts(Array("WEBP".utf8), at: 8) { return .webp }
         if b.isEmpty { return .unsupported("the file is empty") }
-        if starts(Array("GIF87a".utf8)) || starts(Array("GIF89a".utf8)) { return .unsupported("GIF images are not supported (only JPEG and PNG)") }
-        if starts(Array("RIFF".utf8)) && starts(Array("WEBP".utf8), at: 8) { return .unsupported("WebP images are not supported (only JPEG and PNG)") }
-        if starts(Array("BM".utf8)) { return .unsupported("BMP images are not supported (only JPEG and PNG)") }
-        if starts([0x49, 0x49, 0x2A, 0x00]) || starts([0x4D, 0x4D, 0x00, 0x2A]) { return .unsupported("TIFF images are not supported (only JPEG and PNG)") }
-        if starts(Array("ftyp".utf8), at: 4) { return .unsupported("HEIF/AVIF images are not supported (only JPEG and PNG)") }
+        if starts(Array("GIF87a".utf8)) || starts(Array("GIF89a".utf8)) { return .unsupported("GIF images are not supported (only JPEG, PNG and WebP)") }
+        if starts(Array("BM".utf8)) { return .unsupported("BMP images are not supported (only JPEG, PNG and WebP)") }
+        if starts([0x49, 0x49, 0x2A, 0x00]) || starts([0x4D, 0x4D, 0x00, 0x2A]) { return .unsupported("TIFF images are not supported (only JPEG, PNG and WebP)") }
+        if starts(Array("ftyp".utf8), at: 4) { return .unsupported("HEIF/AVIF images are not supported (only JPEG, PNG and WebP)") }
         if starts([0x89, 0x50, 0x4E, 0x47]) { return .unsupported("damaged PNG signature") }
         let head = (0..<min(8, b.count)).map { hex2(b[$0]) }.joined(separator: " ")
-        return .unsupported("not a JPEG or PNG image (first bytes: \(head))")
+        return .unsupported("not a JPEG, PNG or WebP image (first bytes: \(head))")
     }
 
     static func decode(buffer: UnsafeRawBufferPointer, name: String) throws -> RGBImage {
         switch sniff(buffer) {
         case .jpeg: return try JPEGDecoder.decode(buffer, name: name)
         case .png: return try PNGDecoder.decode(buffer, name: name)
+        case .webp: return try WebPDecoder.decode(buffer, name: name)
         case .unsupported(let why): throw ImageError(.unsupportedFormat, file: name, why)
         }
     }

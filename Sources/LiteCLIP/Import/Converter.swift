@@ -142,7 +142,7 @@ public enum Converter {
         else {
             throw ModelError(.missingTokenizer, file: input,
                              "no tokenizer given and none beside the checkpoint (looked for vocab.txt and tokenizer.json in \(dir)); "
-                             + "pass --vocab vocab.txt or --tokenizer tokenizer.json so the .lcw can tokenize on its own")
+                             + "the model needs its tokenizer: give a vocab.txt or tokenizer.json (--vocab / --tokenizer)")
         }
         guard tokenizer.vocab.count == mapping.config.text.vocabSize else {
             throw ModelError(.badTokenizer, file: tokenizerFile,

@@ -4,17 +4,26 @@ import Glibc
 import Foundation
 import TensorIO
 
-/// `liteclip export`: a `.lcw` back to a PyTorch state dict (`torch.save` zip) or safetensors
+/// `liteclip export`: a model (a `.lcw`, a training checkpoint, or any checkpoint we read) back to a PyTorch state dict (`torch.save` zip) or safetensors
 /// that the seed's `CLIP` loads with `load_state_dict(strict=True)` (formats/export.md).
 ///
 /// The tensors are exactly the `.lcw`'s: the seed's `state_dict()` names (no wrapper prefix)
 /// in its order, with their shapes; float tensors are written in the requested dtype.
 public enum Exporter {
-    public enum Format: String, CaseIterable, Sendable {
+    public enum Format: String, CaseIterable, Sendable, Codable {
         /// `torch.save` zip format, for `torch.load(path, weights_only=True)`.
         case pt
         /// `.safetensors`, for `safetensors.torch.load_file(path)`.
         case safetensors
+
+        /// The format a file name calls for: `.safetensors`, or `.pt` / `.pth` / `.bin`; nil for others.
+        public init?(fileName: String) {
+            switch (fileName as NSString).pathExtension.lowercased() {
+            case "safetensors": self = .safetensors
+            case "pt", "pth", "bin": self = .pt
+            default: return nil
+            }
+        }
     }
 
     public struct Report {
@@ -45,13 +54,19 @@ public enum Exporter {
     ///   dtype or an output that is the input; `ReadError` from reading or writing. A failed
     ///   export leaves nothing at `out`.
     public static func export(model path: String, to out: String, format: Format, dtype: DType?,
+                              allowMissingPooler: Bool = false, options: Converter.Options = .init()) throws -> Report {
+        try export(ModelSource.open(path, options: options), file: path, to: out, format: format, dtype: dtype,
+                   allowMissingPooler: allowMissingPooler)
+    }
+
+    /// As `export(model:...)`, for a model already opened (`file` names it in errors and the report).
+    public static func export(_ model: ModelSource.Loaded, file path: String, to out: String, format: Format, dtype: DType?,
                               allowMissingPooler: Bool = false) throws -> Report {
         let to = dtype ?? .f32
         guard to.isFloatingPoint else {
             throw ModelError(.badConfig, file: out, "export dtype must be a float type (f32, f16, bf16), not \(to.rawValue)")
         }
         if sameFile(path, out) { throw ModelError(.badConfig, file: out, "output would overwrite the input") }
-        let model = try LiteCLIPFile.open(path)
         let meta = model.metadata
 
         // The seed's CLIP must accept the tensors as they are.

@@ -3,12 +3,34 @@ import Foundation
 import TensorIO
 
 /// What `liteclip inspect` reports about a file.
-public struct Inspection {
-    public struct Row {
+public struct Inspection: Encodable {
+    public struct Row: Encodable {
         public let name: String
         public let dtype: DType
         public let shape: [Int]
         public let sha256: String
+    }
+
+    /// What an ONNX file's graph holds besides its weights.
+    public struct ONNXGraph: Encodable {
+        public struct Opset: Encodable { public let domain: String; public let version: Int64 }
+        public struct Value: Encodable {
+            public let name: String
+            public let elemType: String
+            public let dims: [String]
+            enum CodingKeys: String, CodingKey { case name, dims, elemType = "elem_type" }
+        }
+        public let irVersion: Int64
+        public let producer: String
+        public let nodes: Int
+        public let opsets: [Opset]
+        public let inputs: [Value]
+        public let outputs: [Value]
+        public let opCounts: [String: Int]
+        enum CodingKeys: String, CodingKey {
+            case producer, nodes, opsets, inputs, outputs
+            case irVersion = "ir_version", opCounts = "op_counts"
+        }
     }
 
     public let file: String
@@ -18,14 +40,14 @@ public struct Inspection {
     /// For liteCLIP `.lcw` files: the decoded metadata.
     public let lcw: LCWMetadata?
     /// For ONNX files: the graph's opsets, inputs, outputs and operator counts.
-    public let onnx: [String: Any]?
+    public let onnx: ONNXGraph?
     public let rows: [Row]
 
     /// Opens `path` with the reader its bytes call for and hashes every tensor (both cores).
     public static func inspect(_ path: String) throws -> Inspection {
         let source = try ByteSource(mapping: path)
         var lcwMeta: LCWMetadata? = nil
-        var onnx: [String: Any]? = nil
+        var onnx: ONNXGraph? = nil
         let ckpt: Checkpoint
         let kind = try TensorFile.detect(source)
         if kind == .lcw {
@@ -37,12 +59,12 @@ public struct Inspection {
             ckpt = m.checkpoint()
             var ops: [String: Int] = [:]
             for n in m.nodes { ops[n.domain.isEmpty ? n.opType : "\(n.domain).\(n.opType)", default: 0] += 1 }
-            func io(_ v: [ONNXValueInfo]) -> [[String: Any]] {
-                v.map { ["name": $0.name, "elem_type": $0.dtype?.rawValue ?? "type \($0.elemType)", "dims": $0.dims ?? []] as [String: Any] }
+            func io(_ v: [ONNXValueInfo]) -> [ONNXGraph.Value] {
+                v.map { .init(name: $0.name, elemType: $0.dtype?.rawValue ?? "type \($0.elemType)", dims: $0.dims ?? []) }
             }
-            onnx = ["ir_version": m.irVersion, "producer": "\(m.producerName) \(m.producerVersion)",
-                    "opsets": m.opsets.map { ["domain": $0.domain, "version": $0.version] as [String: Any] },
-                    "inputs": io(m.inputs), "outputs": io(m.outputs), "nodes": m.nodes.count, "op_counts": ops]
+            onnx = ONNXGraph(irVersion: Int64(m.irVersion), producer: "\(m.producerName) \(m.producerVersion)", nodes: m.nodes.count,
+                             opsets: m.opsets.map { .init(domain: $0.domain, version: Int64($0.version)) },
+                             inputs: io(m.inputs), outputs: io(m.outputs), opCounts: ops)
         } else {
             ckpt = try TensorFile.read(source)
         }
@@ -58,23 +80,58 @@ public struct Inspection {
         return Inspection(file: path, format: ckpt.format, wrapper: ckpt.wrapper, metadata: ckpt.metadata, lcw: lcwMeta, onnx: onnx, rows: rows)
     }
 
-    public func json() throws -> String {
-        var obj: [String: Any] = [
-            "file": file, "format": format.rawValue, "wrapper": wrapper ?? NSNull(), "metadata": metadata,
-            "tensors": rows.map { ["name": $0.name, "dtype": $0.dtype.rawValue, "shape": $0.shape, "sha256": $0.sha256] as [String: Any] },
-        ]
-        if let m = lcw {
-            var lm = try m.jsonObject()
-            if var tok = lm["tokenizer"] as? [String: Any] {
-                tok["vocab_size"] = m.tokenizer.vocab.count
-                tok["vocab_sha256"] = Data(m.tokenizer.vocab.joined(separator: "\n").utf8).withUnsafeBytes { SHA256.hex($0) }
-                tok.removeValue(forKey: "vocab")
-                lm["tokenizer"] = tok
-            }
-            obj["lcw"] = lm
+    enum CodingKeys: String, CodingKey { case file, format, wrapper, metadata, lcw, onnx, tensors }
+
+    /// JSON: the file, its format, wrapper and metadata, each tensor (name, dtype, shape,
+    /// sha256), and for a `.lcw` its decoded metadata with the vocabulary as a count and a hash.
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(file, forKey: .file)
+        try c.encode(format.rawValue, forKey: .format)
+        try c.encode(wrapper, forKey: .wrapper)
+        try c.encode(metadata, forKey: .metadata)
+        try c.encodeIfPresent(onnx, forKey: .onnx)
+        try c.encode(rows, forKey: .tensors)
+        if let m = lcw { try c.encode(LCWSummary(m), forKey: .lcw) }
+    }
+
+    /// The tokenizer's settings, with the vocabulary as its size and the SHA-256 of its lines.
+    struct TokenizerSummary: Encodable {
+        let doLowerCase: Bool, stripAccents: Bool?, tokenizeChineseChars: Bool, cleanText: Bool, maxLength: Int
+        let continuingSubwordPrefix: String, maxInputCharsPerWord: Int
+        let unkToken: String, clsToken: String, sepToken: String, padToken: String, maskToken: String
+        let vocabSize: Int, vocabSHA256: String
+        init(_ t: TokenizerSpec) {
+            (doLowerCase, stripAccents, tokenizeChineseChars, cleanText, maxLength) = (t.doLowerCase, t.stripAccents, t.tokenizeChineseChars, t.cleanText, t.maxLength)
+            (continuingSubwordPrefix, maxInputCharsPerWord) = (t.continuingSubwordPrefix, t.maxInputCharsPerWord)
+            (unkToken, clsToken, sepToken, padToken, maskToken) = (t.unkToken, t.clsToken, t.sepToken, t.padToken, t.maskToken)
+            vocabSize = t.vocab.count
+            vocabSHA256 = Data(t.vocab.joined(separator: "\n").utf8).withUnsafeBytes { SHA256.hex($0) }
         }
-        if let g = onnx { obj["onnx"] = g }
-        let data = try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys])
-        return String(decoding: data, as: UTF8.self)
+        enum CodingKeys: String, CodingKey {
+            case doLowerCase = "do_lower_case", stripAccents = "strip_accents", tokenizeChineseChars = "tokenize_chinese_chars"
+            case cleanText = "clean_text", maxLength = "max_length", continuingSubwordPrefix = "continuing_subword_prefix"
+            case maxInputCharsPerWord = "max_input_chars_per_word", unkToken = "unk_token", clsToken = "cls_token"
+            case sepToken = "sep_token", padToken = "pad_token", maskToken = "mask_token"
+            case vocabSize = "vocab_size", vocabSHA256 = "vocab_sha256"
+        }
+    }
+
+    /// A `.lcw`'s metadata with the vocabulary summarised by its size and hash.
+    struct LCWSummary: Encodable {
+        let meta: LCWMetadata
+        init(_ m: LCWMetadata) { meta = m }
+        enum Keys: String, CodingKey {
+            case architecture, model, tokenizer, preprocess, source, converter
+        }
+        func encode(to encoder: Encoder) throws {
+            var c = encoder.container(keyedBy: Keys.self)
+            try c.encode(meta.architecture, forKey: .architecture)
+            try c.encode(meta.model, forKey: .model)
+            try c.encode(meta.preprocess, forKey: .preprocess)
+            try c.encode(meta.source, forKey: .source)
+            try c.encode(meta.converter, forKey: .converter)
+            try c.encode(TokenizerSummary(meta.tokenizer), forKey: .tokenizer)
+        }
     }
 }

@@ -110,6 +110,11 @@ public enum ModelSource {
         public let tensors: [Checkpoint.Tensor]
         /// How the file was read: "lcw", "training checkpoint", or "converted from <format>".
         public let kind: String
+        /// For a conversion in memory: the tokenizer and BERT config files it used.
+        public var tokenizerFile: String? = nil
+        public var textConfigFile: String? = nil
+        /// True when the weights were converted in memory from a checkpoint that is not `.lcw`.
+        public var converted: Bool { tokenizerFile != nil }
     }
 
     public static func open(_ path: String, options: Converter.Options = .init()) throws -> Loaded {
@@ -117,7 +122,8 @@ public enum ModelSource {
         guard try TensorFile.detect(source) == .lcw else {
             let p = try Converter.prepare(input: path, options: options)
             try LiteCLIPFile.check(p.metadata, tensors: p.tensors, file: path)
-            return Loaded(metadata: p.metadata, tensors: p.tensors, kind: "converted from \(p.metadata.source.format)")
+            return Loaded(metadata: p.metadata, tensors: p.tensors, kind: "converted from \(p.metadata.source.format)",
+                          tokenizerFile: p.tokenizerFile, textConfigFile: p.textConfigFile)
         }
         let lcw = try LCWReader.read(source)
         let object = try? JSONSerialization.jsonObject(with: lcw.metadataJSON) as? [String: Any]

@@ -2,39 +2,31 @@ import Dispatch
 import Foundation
 import TensorIO
 
-/// `liteclip embed`: L2-normalised embeddings for many images or texts, in input order,
-/// batched; images are decoded and preprocessed on both cores before each batch runs.
+/// `liteclip embed` and `liteclip zero-shot` over many files: L2-normalised embeddings in input
+/// order, batched; images are decoded and preprocessed on both cores before each batch runs.
 public enum Embedder {
-    public static let imageExtensions: Set<String> = ["jpg", "jpeg", "png"]
-
-    /// Expands folders (sorted, non-recursive, by extension) and keeps files as given.
-    public static func imageFiles(_ inputs: [String]) throws -> [String] {
-        var out: [String] = []
-        for p in inputs {
-            var isDir: ObjCBool = false
-            guard FileManager.default.fileExists(atPath: p, isDirectory: &isDir) else {
-                throw ImageError(file: p, detail: "no such file or folder")
-            }
-            if isDir.boolValue {
-                let names = try FileManager.default.contentsOfDirectory(atPath: p).sorted()
-                out += names.filter { imageExtensions.contains(($0 as NSString).pathExtension.lowercased()) }.map { (p as NSString).appendingPathComponent($0) }
-            } else {
-                out.append(p)
-            }
-        }
-        return out
+    /// The result of embedding image files.
+    public struct ImageRun: Sendable {
+        /// The files that were embedded, in input order (one row each).
+        public var files: [String]
+        public var embeddings: Embeddings
+        /// Files that could not be decoded, with the decoder's reason.
+        public var skipped: [SkippedFile]
     }
 
-    /// Embeddings `(N, D)` row-major for `files`; `progress(done, total)` after each batch.
-    public static func images(_ files: [String], model: LiteCLIPModel, batchSize: Int,
-                              progress: ((Int, Int) -> Void)? = nil) throws -> [Float] {
+    /// Embeds every file that decodes. A file that does not (corrupt, empty, not an image) is
+    /// skipped and reported, or with `strict` its error is thrown and nothing is returned.
+    /// `progress(done, total)` after each batch.
+    public static func images(_ files: [String], model: LiteCLIPModel, batchSize: Int, strict: Bool = false,
+                              progress: ((Int, Int) -> Void)? = nil) throws -> ImageRun {
         let pre = ImagePreprocessor(model.preprocess)
         let s = model.preprocess.centerCrop, per = 3 * s * s
-        var out: [Float] = []
-        out.reserveCapacity(files.count * model.config.projectionDim)
+        var values: [Float] = []
+        values.reserveCapacity(files.count * model.config.projectionDim)
+        var kept: [String] = [], skipped: [SkippedFile] = []
         var start = 0
         while start < files.count {
-            let batch = Array(files[start..<min(start + batchSize, files.count)])
+            let batch = Array(files[start..<min(start + max(batchSize, 1), files.count)])
             var pixels = [Float](repeating: 0, count: batch.count * per)
             var errors = [Error?](repeating: nil, count: batch.count)
             pixels.withUnsafeMutableBufferPointer { px in
@@ -46,20 +38,36 @@ public enum Embedder {
                     }
                 }
             }
-            if let e = errors.compactMap({ $0 }).first { throw e }
-            out += model.imageEmbeddings(pixels: pixels, batch: batch.count)
+            if strict, let e = errors.compactMap({ $0 }).first { throw e }
+            // Close the gaps the bad files left, then run the good ones.
+            var good = 0
+            for i in batch.indices {
+                if let e = errors[i] {
+                    skipped.append(SkippedFile(file: batch[i], reason: (e as? ImageError)?.detail ?? "\(e)"))
+                    continue
+                }
+                if good != i {
+                    pixels.withUnsafeMutableBufferPointer { p in
+                        (p.baseAddress! + good * per).update(from: p.baseAddress! + i * per, count: per)
+                    }
+                }
+                kept.append(batch[i])
+                good += 1
+            }
+            if good > 0 { values += model.imageEmbeddings(pixels: Array(pixels.prefix(good * per)), batch: good) }
             start += batch.count
             progress?(start, files.count)
         }
-        return out
+        return ImageRun(files: kept, embeddings: Embeddings(values: values, dimension: model.config.projectionDim), skipped: skipped)
     }
 
+    /// Embeddings `(N, D)` row-major for `texts`, in order.
     public static func texts(_ texts: [String], model: LiteCLIPModel, batchSize: Int,
                              progress: ((Int, Int) -> Void)? = nil) -> [Float] {
         var out: [Float] = []
         var start = 0
         while start < texts.count {
-            let batch = Array(texts[start..<min(start + batchSize, texts.count)])
+            let batch = Array(texts[start..<min(start + max(batchSize, 1), texts.count)])
             out += model.textEmbeddings(model.tokenizer.encodeBatch(batch))
             start += batch.count
             progress?(start, texts.count)

@@ -2,15 +2,32 @@ import Foundation
 import TensorIO
 
 /// `liteclip verify`: runs the Swift model on a reference file's inputs and compares every
-/// output with PyTorch's (formats/reference.md).
-public struct Verification {
-    public struct Row {
+/// output with PyTorch's (formats/reference.md). When the reference names its image files and
+/// they are found, it also decodes and preprocesses them itself and compares the pixel values,
+/// so the image pipeline is checked too.
+public struct Verification: Encodable {
+    /// One compared tensor. The tolerance applies to the maximum absolute error; the maximum
+    /// relative error is shown for information.
+    public struct Row: Encodable {
         public let name: String
         public let count: Int
         public let maxAbs: Float
         public let maxRel: Float
         public let tolerance: Float
         public var passed: Bool { maxAbs <= tolerance }
+
+        enum CodingKeys: String, CodingKey {
+            case name, count = "values", maxAbs = "max_abs_error", maxRel = "max_rel_error", tolerance = "abs_tolerance", passed
+        }
+        public func encode(to encoder: Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(name, forKey: .name)
+            try c.encode(count, forKey: .count)
+            try c.encode(maxAbs, forKey: .maxAbs)
+            try c.encode(maxRel, forKey: .maxRel)
+            try c.encode(tolerance, forKey: .tolerance)
+            try c.encode(passed, forKey: .passed)
+        }
     }
 
     public let reference: String
@@ -19,12 +36,33 @@ public struct Verification {
     public let weightsDType: String
     public var rows: [Row]
     public var notes: [String]
+    /// The image files whose decoding was checked (empty when the reference names none or they were not found).
+    public var checkedImages: [String] = []
     public var passed: Bool { rows.allSatisfy(\.passed) }
+
+    enum CodingKeys: String, CodingKey {
+        case reference, images, texts, notes, rows = "outputs", passed, checkedImages = "checked_images"
+        case weightsDType = "weights_dtype"
+    }
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(reference, forKey: .reference)
+        try c.encode(images, forKey: .images)
+        try c.encode(texts, forKey: .texts)
+        try c.encode(weightsDType, forKey: .weightsDType)
+        try c.encode(notes, forKey: .notes)
+        try c.encode(rows, forKey: .rows)
+        try c.encode(checkedImages, forKey: .checkedImages)
+        try c.encode(passed, forKey: .passed)
+    }
 
     /// Tolerances for f32-stored weights (issue 3): logits 1e-4, embeddings 1e-5; features,
     /// which are not normalised, relative to their magnitude.
     public static let logitsTolerance: Float = 1e-4
     public static let embeddingTolerance: Float = 1e-5
+    /// Our decoding and preprocessing give PIL + torchvision's pixels bit for bit; this leaves
+    /// room only for float rounding (one 8-bit level is about 0.015 after normalisation).
+    public static let pixelTolerance: Float = 1e-5
 
     public static func run(model: LiteCLIPModel, reference path: String) throws -> Verification {
         let ref = try SafetensorsReader.read(ByteSource(mapping: path))
@@ -101,8 +139,36 @@ public struct Verification {
         try compare("text_embeds", txtEmb, tol: { _ in embeddingTolerance })
         try compare("logits_per_image", logits, tol: { _ in logitsTolerance })
         try compare("probs_per_image", probs, tol: { _ in embeddingTolerance })
-        return Verification(reference: path, images: nImages, texts: tokens.batchSize,
-                            weightsDType: ref.metadata["weights_dtype"] ?? "f32", rows: rows, notes: notes)
+
+        // The user's image pipeline: decode and preprocess the reference's own files here.
+        var checked: [String] = []
+        if let json = ref.metadata["images"], let names = try? JSONDecoder().decode([String].self, from: Data(json.utf8)), names.count == nImages {
+            let base = (path as NSString).deletingLastPathComponent
+            let paths = names.map { $0.hasPrefix("/") || base.isEmpty ? $0 : (base as NSString).appendingPathComponent($0) }
+            let missing = paths.filter { !FileManager.default.fileExists(atPath: $0) }
+            if !missing.isEmpty {
+                notes.append("pixels: not checked: \(missing.count) of the reference's \(paths.count) image files not found (\(missing.prefix(3).joined(separator: ", "))\(missing.count > 3 ? ", ..." : ""))")
+            } else if model.preprocess.centerCrop != ps[2] {
+                notes.append("pixels: not checked: the model crops to \(model.preprocess.centerCrop), the reference to \(ps[2])")
+            } else {
+                var mine: [Float] = []
+                mine.reserveCapacity(pixels.count)
+                for p in paths { mine += try model.pixelValues(imagePath: p) }
+                try compare("pixel_values", mine, tol: { _ in pixelTolerance })
+                let largestStd: Float = Float(model.preprocess.std.max() ?? 1)
+                let halfLevel: Float = 0.5 / (255 * largestStd)
+                var off = 0
+                for (a, b) in zip(mine, pixels) where abs(a - b) > halfLevel { off += 1 }
+                notes.append("pixels: decoded and preprocessed the \(paths.count) image files here; \(off) of \(pixels.count) values differ by more than half an 8-bit level from PyTorch's")
+                checked = paths
+            }
+        } else {
+            notes.append("pixels: not checked: the reference does not name its image files")
+        }
+        var v = Verification(reference: path, images: nImages, texts: tokens.batchSize,
+                             weightsDType: ref.metadata["weights_dtype"] ?? "f32", rows: rows, notes: notes)
+        v.checkedImages = checked
+        return v
     }
 
 }

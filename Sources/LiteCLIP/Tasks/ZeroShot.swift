@@ -34,8 +34,25 @@ extension LiteCLIPModel {
     func zeroShot(pixels: [Float], image: String, labels: [String], topK: Int? = nil) throws -> ZeroShotReport {
         try Self.checkLabels(labels, file: image)
         let img = imageEmbeddings(pixels: pixels, batch: 1)
+        return rank(image: image, logits: logits(imageEmbeddings: img, textEmbeddings: textEmbeddings(tokenizer.encodeBatch(labels))),
+                    labels: labels, topK: topK)
+    }
+
+    /// Classifies many image files against the same labels in one batched run (the labels are
+    /// embedded once). Files that do not decode are skipped and reported, unless `strict`.
+    public func zeroShot(imageFiles: [String], labels: [String], topK: Int? = nil, batchSize: Int = 16, strict: Bool = false,
+                         progress: ((Int, Int) -> Void)? = nil) throws -> ZeroShotBatch {
+        try Self.checkLabels(labels, file: "labels")
+        let run = try Embedder.images(imageFiles, model: self, batchSize: batchSize, strict: strict, progress: progress)
         let txt = textEmbeddings(tokenizer.encodeBatch(labels))
-        let logits = self.logits(imageEmbeddings: img, textEmbeddings: txt)
+        let all = run.files.isEmpty ? [] : logits(imageEmbeddings: run.embeddings.values, textEmbeddings: txt)
+        let n = labels.count
+        let results = run.files.enumerated().map { i, f in rank(image: f, logits: Array(all[(i * n)..<((i + 1) * n)]), labels: labels, topK: topK) }
+        return ZeroShotBatch(labels: labels, results: results, skipped: run.skipped)
+    }
+
+    /// Softmax over one image's label logits, most probable first (ties in label order), cut to top-k.
+    func rank(image: String, logits: [Float], labels: [String], topK: Int?) -> ZeroShotReport {
         var probs = logits
         softmax(&probs, row: 0, n: labels.count)
         let k = min(topK ?? labels.count, labels.count)
@@ -44,12 +61,41 @@ extension LiteCLIPModel {
         return ZeroShotReport(image: image, logits: logits, probabilities: probs, ranking: Array(ranking))
     }
 
+    /// At least 2 labels, none empty, no two the same (the softmax would split one class in two).
     static func checkLabels(_ labels: [String], file: String) throws {
         guard labels.count >= 2 else {
-            throw ModelError(.badConfig, file: file, "provide at least 2 labels (the seed asserts len(labels) >= 2)")
+            throw ModelError(.badConfig, file: file, "give at least 2 labels (zero-shot picks among them; got \(labels.count))")
         }
         if let i = labels.firstIndex(where: { $0.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty }) {
             throw ModelError(.badConfig, file: file, "label \(i + 1) is empty")
         }
+        var seen: [String: Int] = [:]
+        for (i, l) in labels.enumerated() {
+            let key = l.trimmingCharacters(in: .whitespacesAndNewlines)
+            if let j = seen[key] {
+                throw ModelError(.badConfig, file: file, "labels \(j + 1) and \(i + 1) are the same ('\(key)')")
+            }
+            seen[key] = i
+        }
     }
+
+    /// A warning for each text longer than the tokenizer reads (it is cut to its first
+    /// `maxLength - 2` word pieces, as the seed's tokenizer does).
+    public func truncationWarnings(_ texts: [String], what: String = "label") -> [String] {
+        let limit = tokenizer.spec.maxLength
+        return texts.enumerated().compactMap { i, t in
+            let n = tokenizer.tokenize(t).count + 2
+            guard n > limit else { return nil }
+            let shown = t.count > 60 ? String(t.prefix(57)) + "..." : t
+            return "\(what) \(i + 1) ('\(shown)') is \(n) tokens; only the first \(limit) are read (the rest is cut)"
+        }
+    }
+}
+
+/// Zero-shot results for many images against the same labels.
+public struct ZeroShotBatch: Sendable {
+    public let labels: [String]
+    /// One per image that decoded, in input order.
+    public let results: [ZeroShotReport]
+    public let skipped: [SkippedFile]
 }

@@ -16,16 +16,28 @@ public final class TrainableModel {
     /// A training step allocates the same sizes every step: recycle them (see `BufferPool`).
     let pool = BufferPool(maxCachedBytes: 4 << 30)
 
-    public convenience init(path: String) throws {
-        try self.init(LiteCLIPFile.open(path))
+    /// Any model file `ModelSource.open` reads: a `.lcw`, a training checkpoint (its current
+    /// weights), or a `.pt` / `.ckpt` / `.safetensors` / `.onnx` converted in memory with `options`.
+    public convenience init(path: String, options: Converter.Options = .init()) throws {
+        try self.init(ModelSource.open(path, options: options), file: path)
     }
 
-    public init(_ file: LiteCLIPFile) throws {
-        config = file.metadata.model
-        tokenizer = BertTokenizer(spec: file.metadata.tokenizer)
-        preprocess = file.metadata.preprocess
-        let source = ParameterSource(.copy(Dictionary(file.tensors.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })),
-                                     file: file.lcw.checkpoint.file)
+    public convenience init(_ file: LiteCLIPFile) throws {
+        try self.init(metadata: file.metadata, tensors: file.tensors, file: file.lcw.checkpoint.file)
+    }
+
+    /// Weights already opened with `ModelSource.open` (`file` names them in errors).
+    public convenience init(_ loaded: ModelSource.Loaded, file: String) throws {
+        try self.init(metadata: loaded.metadata, tensors: loaded.tensors, file: file)
+    }
+
+    /// The one place the trainable copy is built: every tensor the modules take is copied into
+    /// an owned f32 buffer.
+    init(metadata: LCWMetadata, tensors: [Checkpoint.Tensor], file: String) throws {
+        config = metadata.model
+        tokenizer = BertTokenizer(spec: metadata.tokenizer)
+        preprocess = metadata.preprocess
+        let source = ParameterSource(.copy(Dictionary(tensors.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })), file: file)
         network = try CLIP(ParameterScope(source), config, fold: false)
         // BERT's optional pooler is never reached by the loss: like a parameter whose .grad stays
         // None in PyTorch, it gets no gradient and no optimiser update, and is written back as it was.

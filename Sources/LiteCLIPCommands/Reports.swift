@@ -5,7 +5,7 @@ import TensorIO
 // The CLI's text reports: the library returns values, the CLI decides how they read.
 
 extension Inspection {
-    public func text() -> String {
+    func text() -> String {
         var out = ["file: \(file)", "format: \(format.rawValue)", "weights: \(wrapper ?? "at the top level")"]
         for (k, v) in metadata.sorted(by: { $0.key < $1.key }) { out.append("\(k): \(v)") }
         if let m = lcw {
@@ -18,14 +18,12 @@ extension Inspection {
             out.append("converter: \(m.converter.name) \(m.converter.version)")
         }
         if let g = onnx {
-            out.append("onnx: ir_version \(g["ir_version"]!), producer \(g["producer"]!), \(g["nodes"]!) nodes")
-            out.append("opsets: " + ((g["opsets"] as? [[String: Any]]) ?? []).map { "\(($0["domain"] as? String).flatMap { $0.isEmpty ? nil : $0 } ?? "ai.onnx") \($0["version"]!)" }.joined(separator: ", "))
-            for key in ["inputs", "outputs"] {
-                for v in (g[key] as? [[String: Any]]) ?? [] {
-                    out.append("\(key.dropLast()): \(v["name"]!) \(v["elem_type"]!) [\(((v["dims"] as? [String]) ?? []).joined(separator: ", "))]")
-                }
+            out.append("onnx: ir_version \(g.irVersion), producer \(g.producer), \(g.nodes) nodes")
+            out.append("opsets: " + g.opsets.map { "\($0.domain.isEmpty ? "ai.onnx" : $0.domain) \($0.version)" }.joined(separator: ", "))
+            for (key, values) in [("input", g.inputs), ("output", g.outputs)] {
+                for v in values { out.append("\(key): \(v.name) \(v.elemType) [\(v.dims.joined(separator: ", "))]") }
             }
-            let ops = ((g["op_counts"] as? [String: Int]) ?? [:]).sorted { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }
+            let ops = g.opCounts.sorted { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }
             out.append("ops: " + ops.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
         }
         let params = rows.reduce(0) { $0 + $1.shape.reduce(1, *) }
@@ -41,15 +39,16 @@ extension Inspection {
 }
 
 extension Verification {
-    public func text() -> String {
+    func text() -> String {
         var out = ["reference: \(reference) (\(images) images x \(texts) texts, PyTorch weights \(weightsDType))"]
         out += notes.map { "  " + $0 }
-        out.append("  " + "output".padding(toLength: 18, withPad: " ", startingAt: 0) + "values    max abs err   max rel err   tolerance   result")
+        out.append("  " + "output".padding(toLength: 18, withPad: " ", startingAt: 0)
+                   + "values   max abs error   abs tolerance   result   max rel error (not checked)")
         for r in rows {
             out.append("  " + r.name.padding(toLength: 18, withPad: " ", startingAt: 0)
-                       + String(format: "%6d   %11.3e   %11.3e   %9.1e   %@", r.count, r.maxAbs, r.maxRel, r.tolerance, r.passed ? "ok" : "FAIL"))
+                       + String(format: "%6d   %13.3e   %13.1e   %-6@   %11.3e", r.count, r.maxAbs, r.tolerance, r.passed ? "ok" : "FAIL", r.maxRel))
         }
-        out.append(passed ? "PASS: Swift matches PyTorch within tolerance" : "FAIL: Swift differs from PyTorch beyond tolerance")
+        out.append(passed ? "PASS: every output is within its tolerance of PyTorch's" : "FAIL: some output differs from PyTorch's beyond its tolerance")
         return out.joined(separator: "\n")
     }
 }

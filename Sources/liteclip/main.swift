@@ -1,0 +1,3 @@
+import LiteCLIPCommands
+
+CLI.main(Liteclip.self)
