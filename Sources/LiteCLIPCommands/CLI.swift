@@ -183,6 +183,24 @@ struct ModelOptions: ParsableArguments {
     }
 }
 
+/// How image files and folders are gathered: `--no-recursive`, `--strict`.
+struct ImageInputOptions: ParsableArguments {
+    @Flag(name: .customLong("no-recursive"), help: "Do not search sub-folders.") var noRecursive = false
+    @Flag(help: "Stop at the first file that cannot be read instead of skipping it.") var strict = false
+
+    /// The image files under `paths`; with `--strict` the first skipped one is an error, and
+    /// finding none at all is one.
+    func find(_ paths: [String], _ console: Console) throws -> ImageFiles {
+        let found = try ImageFiles(paths, recursive: !noRecursive)
+        if strict, let s = found.skipped.first { throw CLIFailure("\(s.file): \(s.reason)", hint: "without --strict such files are skipped") }
+        guard !found.files.isEmpty else {
+            reportSkipped(found.skipped, console, total: 0)
+            throw CLIFailure("no image files in \(paths.joined(separator: ", ")) (looked for .jpg, .jpeg, .png, .webp)")
+        }
+        return found
+    }
+}
+
 /// Float storage types a user may ask for.
 enum FloatType: String, CaseIterable, ExpressibleByArgument {
     case f32, f16, bf16

@@ -25,8 +25,7 @@ struct Embed: ParsableCommand {
     var textsFile: String?
     @Option(help: ArgumentHelp("The .npy file to write.", valueName: "file")) var out: String
     @Option(name: .customLong("batch-size"), help: ArgumentHelp("Inputs per forward pass.", valueName: "n")) var batchSize = 16
-    @Flag(name: .customLong("no-recursive"), help: "Do not search sub-folders.") var noRecursive = false
-    @Flag(help: "Stop at the first file that cannot be read instead of skipping it.") var strict = false
+    @OptionGroup var imageOptions: ImageInputOptions
     @OptionGroup var modelOptions: ModelOptions
     @OptionGroup var output: OutputOptions
 
@@ -68,12 +67,7 @@ struct Embed: ParsableCommand {
         }
         var found: ImageFiles? = nil
         if !images.isEmpty {
-            let f = try ImageFiles(images, recursive: !noRecursive)
-            if strict, let s = f.skipped.first { throw CLIFailure("\(s.file): \(s.reason)", hint: "without --strict such files are skipped") }
-            guard !f.files.isEmpty else {
-                reportSkipped(f.skipped, console, total: 0)
-                throw CLIFailure("no image files in \(images.joined(separator: ", ")) (looked for .jpg, .jpeg, .png, .webp)")
-            }
+            let f = try imageOptions.find(images, console)
             found = f
             inputs += f.files
         }
@@ -88,7 +82,7 @@ struct Embed: ParsableCommand {
         }
         let names: [String], values: [Float], skipped: [SkippedFile]
         if let found {
-            let run = try Embedder.images(found.files, model: m, batchSize: batchSize, strict: strict, progress: progress)
+            let run = try Embedder.images(found.files, model: m, batchSize: batchSize, strict: imageOptions.strict, progress: progress)
             skipped = found.skipped + run.skipped
             guard !run.files.isEmpty else {
                 reportSkipped(skipped, console, total: 0)

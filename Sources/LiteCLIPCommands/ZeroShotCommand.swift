@@ -37,8 +37,7 @@ struct ZeroShotCommand: ParsableCommand {
     var topK: Int?
     @Flag(help: "Print CSV: one row per image.") var csv = false
     @Option(name: .customLong("batch-size"), help: ArgumentHelp("Images per forward pass.", valueName: "n")) var batchSize = 16
-    @Flag(name: .customLong("no-recursive"), help: "Do not search sub-folders.") var noRecursive = false
-    @Flag(help: "Stop at the first image that cannot be read instead of skipping it.") var strict = false
+    @OptionGroup var imageOptions: ImageInputOptions
     @OptionGroup var modelOptions: ModelOptions
     @OptionGroup var output: OutputOptions
 
@@ -80,16 +79,12 @@ struct ZeroShotCommand: ParsableCommand {
         let console = Console(command: "liteclip zero-shot", quiet: output.quiet)
         let (images, labels, oneImage) = try split()
         try LabelCheck.check(labels)
-        let found = try ImageFiles(images, recursive: !noRecursive)
-        if strict, let s = found.skipped.first { throw CLIFailure("\(s.file): \(s.reason)", hint: "without --strict such files are skipped") }
-        guard !found.files.isEmpty else {
-            throw CLIFailure("no image files in \(images.joined(separator: ", ")) (looked for .jpg, .jpeg, .png, .webp)")
-        }
+        let found = try imageOptions.find(images, console)
         let m = try modelOptions.model(model, console)
         for w in m.truncationWarnings(labels) { console.warn(w) }
         let single = oneImage || (found.files.count == 1 && images.count == 1 && found.skipped.isEmpty)
         let k = topK ?? (single ? labels.count : min(3, labels.count))
-        let r = try m.zeroShot(imageFiles: found.files, labels: labels, topK: k, batchSize: batchSize, strict: strict) { done, total in
+        let r = try m.zeroShot(imageFiles: found.files, labels: labels, topK: k, batchSize: batchSize, strict: imageOptions.strict) { done, total in
             if total > batchSize { console.note("classified \(done)/\(total)") }
         }
         let skipped = found.skipped + r.skipped
