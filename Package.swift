@@ -17,6 +17,12 @@ let package = Package(
         // libzip from Debian (libzip-dev), found through pkg-config.
         .systemLibrary(name: "CZip", path: "Sources/CZip", pkgConfig: "libzip",
                        providers: [.apt(["libzip-dev"])]),
+        // OpenSSL's libcrypto (libssl-dev): SHA-256 through EVP, which uses the CPU's SHA extensions.
+        .systemLibrary(name: "CCrypto", path: "Sources/CCrypto", pkgConfig: "libcrypto",
+                       providers: [.apt(["libssl-dev"])]),
+        // zlib (zlib1g-dev, which libzip-dev and libpng-dev already pull in): CRC-32 for zip and PNG.
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib",
+                       providers: [.apt(["zlib1g-dev"])]),
         // OpenBLAS (libopenblas-dev): sgemm for every matrix product.
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
                        providers: [.apt(["libopenblas-dev"])]),
@@ -33,7 +39,7 @@ let package = Package(
         .target(name: "CONNX", path: "Sources/CONNX", linkerSettings: [.linkedLibrary("protobuf-c")]),
         // Readers and writers of every tensor container we support (.pt zip and legacy,
         // safetensors, .lcw). Knows nothing about liteCLIP.
-        .target(name: "TensorIO", dependencies: ["CZip", "CONNX"]),
+        .target(name: "TensorIO", dependencies: ["CZip", "CONNX", "CCrypto", "CZlib"]),
         // The liteCLIP model: config, parameter set, mapping a checkpoint onto it, conversion,
         // tokenizer, image pipeline, and the native forward pass.
         .target(name: "LiteCLIP", dependencies: ["TensorIO", "CBLAS", "CTurboJPEG", "CPNG", "CWebP"]),

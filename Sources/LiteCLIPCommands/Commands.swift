@@ -30,17 +30,22 @@ struct Inspect: ParsableCommand {
             FILE: .lcw, .pt/.pth/.bin/.ckpt (PyTorch zip or legacy format), .safetensors or .onnx. \
             The SHA-256 is of each tensor's contiguous little-endian bytes in its stored dtype, the \
             same as hashlib.sha256(t.contiguous().numpy().tobytes()) in PyTorch, so two files can \
-            be compared tensor by tensor. A .lcw also shows its model, tokenizer and preprocessing \
-            settings; an ONNX file its opsets, inputs, outputs and operator counts.
+            be compared tensor by tensor. Every tensor in the file is listed by its full dotted path \
+            (dict keys and list indices, e.g. optimizer_states.0.state.3.exp_avg), grouped by \
+            top-level entry; classes kept as inert placeholders are named. A .lcw also shows its \
+            model, tokenizer and preprocessing settings; an ONNX file its opsets, inputs, outputs, \
+            operator counts, and the tensors held in Constant nodes.
             """)
 
     @Argument(help: "The file to inspect.") var file: String
+    @Option(help: ArgumentHelp("Only tensors whose full dotted path starts with this, e.g. state_dict. or optimizer_states.0.", valueName: "prefix"))
+    var filter: String?
     @OptionGroup var output: OutputOptions
 
     func run() throws {
         let console = Console(command: "liteclip inspect", quiet: output.quiet)
         try Paths.checkInput(file)
-        let r = try Inspection.inspect(file)
+        let r = try Inspection.inspect(file, filter: filter)
         if output.json { try console.json(r) } else { print(r.text()) }
     }
 }

@@ -78,18 +78,18 @@ struct ConvertReport: Encodable {
     let input: String, output: String, format: String, wrapper: String?, keyPrefix: String
     let sourceSHA256: String, sourceBytes: Int, tokenizer: String, textConfig: String?
     let config: LiteCLIPConfig, tensors: Int, parameters: Int, dtypes: [String: Int], dataBytes: Int, fileBytes: Int
-    let ignored: [String], notes: [String], partial: [String], seconds: Double
+    let ignored: [String], elsewhere: [String], notes: [String], partial: [String], seconds: Double
 
     init(_ r: Converter.Report, seconds: Double) {
         (input, output, format, wrapper, keyPrefix) = (r.input, r.output, r.format.rawValue, r.wrapper, r.keyPrefix)
         (sourceSHA256, sourceBytes, tokenizer, textConfig) = (r.sourceSHA256, r.sourceBytes, r.tokenizerFile, r.textConfigFile)
         (config, tensors, parameters, dataBytes, fileBytes) = (r.config, r.tensorCount, r.parameterCount, r.dataBytes, r.fileBytes)
         dtypes = Dictionary(uniqueKeysWithValues: r.dtypes.map { ($0.key.rawValue, $0.value) })
-        (ignored, notes, partial, self.seconds) = (r.ignored, r.notes, r.partial, seconds)
+        (ignored, elsewhere, notes, partial, self.seconds) = (r.ignored, r.elsewhere, r.notes, r.partial, seconds)
     }
 
     enum CodingKeys: String, CodingKey {
-        case input, output, format, wrapper, config, tensors, parameters, dtypes, ignored, notes, partial, seconds, tokenizer
+        case input, output, format, wrapper, config, tensors, parameters, dtypes, ignored, elsewhere, notes, partial, seconds, tokenizer
         case keyPrefix = "key_prefix", sourceSHA256 = "source_sha256", sourceBytes = "source_bytes", textConfig = "text_config"
         case dataBytes = "data_bytes", fileBytes = "file_bytes"
     }
@@ -112,6 +112,7 @@ extension Converter.Report {
             "  output:     \(formatBytes(r.fileBytes))",
         ]
         lines.append("  ignored:    " + (r.ignored.isEmpty ? "none" : r.ignored.joined(separator: ", ")))
+        if !r.elsewhere.isEmpty { lines.append("  elsewhere:  " + r.elsewhere.joined(separator: ", ") + ": not part of the weights, left out") }
         if !r.notes.isEmpty {
             lines.append("  from the graph (\(r.notes.count)):")
             lines += r.notes.prefix(8).map { "    " + $0 }

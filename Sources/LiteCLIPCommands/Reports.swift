@@ -26,13 +26,30 @@ extension Inspection {
             let ops = g.opCounts.sorted { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }
             out.append("ops: " + ops.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
         }
+        if !entries.isEmpty {
+            out.append("entries: " + entries.map { "\($0.key) (\($0.type)\($0.tensors > 0 ? ", \($0.tensors) tensors" : ""))" }.joined(separator: ", "))
+        }
+        if !placeholders.isEmpty {
+            out.append("placeholders: " + placeholders.joined(separator: ", ") + " (kept as inert data: never imported or called)")
+        }
+        let constants = rows.filter { $0.constantNode != nil }
+        if !constants.isEmpty {
+            out.append("constants: \(constants.count) tensors (\(constants.reduce(0) { $0 + $1.shape.reduce(1, *) }) values) are held in Constant nodes, not initializers")
+        }
         let params = rows.reduce(0) { $0 + $1.shape.reduce(1, *) }
-        out.append("tensors: \(rows.count), parameters: \(params)")
+        out.append("tensors: \(rows.count), parameters: \(params)" + (filteredOut > 0 ? " (\(filteredOut) more not matching the filter)" : ""))
         let w = rows.map(\.name.count).max() ?? 4
+        var group: String? = nil
         for r in rows {
+            // Grouped by top-level entry when the file wraps its tensors.
+            if !entries.isEmpty, let g = r.container.first ?? Optional(r.key), g != group {
+                group = g
+                out.append("[\(g)] \(rows.filter { ($0.container.first ?? $0.key) == g }.count) tensors")
+            }
             let shape = "[" + r.shape.map(String.init).joined(separator: ", ") + "]"
             out.append(r.name.padding(toLength: w, withPad: " ", startingAt: 0) + "  " + r.dtype.rawValue.padding(toLength: 4, withPad: " ", startingAt: 0)
-                       + "  " + shape.padding(toLength: 22, withPad: " ", startingAt: 0) + "  " + r.sha256)
+                       + "  " + shape.padding(toLength: 22, withPad: " ", startingAt: 0) + "  " + r.sha256
+                       + (r.constantNode.map { "  (Constant node '\($0)')" } ?? ""))
         }
         return out.joined(separator: "\n")
     }

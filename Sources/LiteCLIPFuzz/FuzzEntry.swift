@@ -101,6 +101,6 @@ extension FuzzEntry {
                                source: .init(file: "micro", sha256: String(repeating: "0", count: 64), format: "synthetic", wrapper: nil,
                                              keyPrefix: "", ignoredTensors: []),
                                converter: .init())
-        _ = try LCWWriter.write(to: path, tensors: tensors, metadata: try meta.jsonObject())
+        _ = try LCWWriter.write(to: path, tensors: tensors, metadata: meta)
     }
 }

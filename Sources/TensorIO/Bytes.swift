@@ -84,7 +84,7 @@ public final class ByteSource: @unchecked Sendable {
                 release(part)
                 at += chunk
             }
-            return h.finalize().map { String(format: "%02x", $0) }.joined()
+            return SHA256.hexString(h.finalize())
         }
     }
 

@@ -6,10 +6,12 @@
 /// (offsets relative to the start of the data section), plus an optional "__metadata__" object
 /// of string -> string. The tensors must tile the data section exactly.
 ///
-/// The header is parsed by a small strict JSON parser (below) rather than JSONSerialization:
-/// it rejects repeated keys (JSONSerialization silently keeps one), keeps integers exact (no
-/// NSNumber / Bool / Double ambiguity), limits nesting depth, and never reads outside the
-/// header bytes it is given.
+/// The header is parsed by a small strict JSON parser (below) rather than Foundation's
+/// (JSONSerialization or JSONDecoder) because Foundation cannot report a repeated key: it
+/// silently keeps one, so a header naming a tensor twice would load one of them without a word.
+/// Having its own parser, it also keeps the header's member order (the tie-break between empty
+/// tensors at one offset), integers exact (no NSNumber / Bool / Double ambiguity), the byte
+/// offset of each error, a nesting limit, and never reads outside the header bytes it is given.
 public enum SafetensorsReader {
     /// Largest header accepted, as in the reference implementation.
     public static let maxHeaderSize = 100_000_000

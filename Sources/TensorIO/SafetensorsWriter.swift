@@ -28,8 +28,7 @@ public enum SafetensorsWriter {
         var header = "{"
         var fields: [String] = []
         if !metadata.isEmpty {
-            let pairs = metadata.sorted { $0.key < $1.key }.map { "\(json($0.key)):\(json($0.value))" }
-            fields.append("\"__metadata__\":{" + pairs.joined(separator: ",") + "}")
+            fields.append("\"__metadata__\":" + (try json(metadata)))
         }
         var sizes: [Int] = []
         var offset = 0
@@ -42,7 +41,7 @@ public enum SafetensorsWriter {
                 throw ReadError(.overflow, file: path, place: "tensor '\(t.name)'", "size overflows")
             }
             let shape = t.shape.map(String.init).joined(separator: ",")
-            fields.append("\(json(t.name)):{\"dtype\":\"\(t.dtype.safetensorsName)\",\"shape\":[\(shape)],\"data_offsets\":[\(offset),\(end)]}")
+            fields.append("\(try json(t.name)):{\"dtype\":\"\(t.dtype.safetensorsName)\",\"shape\":[\(shape)],\"data_offsets\":[\(offset),\(end)]}")
             sizes.append(n)
             offset = end
         }
@@ -73,21 +72,10 @@ public enum SafetensorsWriter {
         }
     }
 
-    /// A JSON string literal: `"` and `\` escaped, control characters as `\uXXXX` (or their
-    /// short forms), everything else as UTF-8.
-    static func json(_ s: String) -> String {
-        var r = "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": r += "\\\""
-            case "\\": r += "\\\\"
-            case "\n": r += "\\n"
-            case "\r": r += "\\r"
-            case "\t": r += "\\t"
-            case _ where u.value < 0x20: r += String(format: "\\u%04x", u.value)
-            default: r.unicodeScalars.append(u)
-            }
-        }
-        return r + "\""
+    /// A name or the metadata map as JSON, through `JSONCoding` (the metadata's keys sorted).
+    /// The header as a whole is assembled here because its order is the format's: `__metadata__`
+    /// first, then the tensors in data order, each with `dtype`, `shape`, `data_offsets`.
+    static func json<T: Encodable>(_ value: T) throws -> String {
+        String(decoding: try JSONCoding.encode(value), as: UTF8.self)
     }
 }

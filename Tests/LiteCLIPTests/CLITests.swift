@@ -44,14 +44,19 @@ final class CLITests: XCTestCase {
             let i = try run("liteclip", ["inspect", file, "--json"])
             XCTAssertEqual(i.status, 0, i.err)
             let obj = try JSONSerialization.jsonObject(with: Data(i.out.utf8)) as! [String: Any]
-            let rows = obj["tensors"] as! [[String: Any]]
+            // Every tensor by its full path; the weights are those in the state dict's container
+            // (the .ckpt also lists its optimizer moments), compared by their key there.
+            let all = obj["tensors"] as! [[String: Any]]
+            let rows = all.filter { ($0["container"] as! [String]) == (file.hasSuffix(".ckpt") ? ["state_dict"] : []) }
             let want = Dictionary(uniqueKeysWithValues: Fixtures.tensors("liteclip2_lightning.ckpt").map {
                 (String(($0["name"] as! String).dropFirst("model.".count)), $0["sha256"] as! String)
             })
             XCTAssertEqual(rows.count, 260)
+            XCTAssertEqual(all.count, file.hasSuffix(".ckpt") ? 263 : 260)
             for row in rows {
-                let name = (row["name"] as! String).replacingOccurrences(of: "model.", with: "", options: .anchored)
+                let name = (row["key"] as! String).replacingOccurrences(of: "model.", with: "", options: .anchored)
                 XCTAssertEqual(row["sha256"] as? String, want[name], "\(file): \(name)")
+                XCTAssertEqual(row["name"] as? String, ((row["container"] as! [String]) + [row["key"] as! String]).joined(separator: "."))
             }
         }
         let text = try run("liteclip", ["inspect", dir + "/m.lcw"])

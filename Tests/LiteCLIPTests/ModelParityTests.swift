@@ -73,7 +73,7 @@ final class ModelParityTests: XCTestCase {
     func testStrictLoading() throws {
         // A .lcw whose tensor set does not match its config is refused with every name listed.
         let lcw = try LCWReader.open(Self.lcwPath)
-        let meta = try JSONSerialization.jsonObject(with: lcw.metadataJSON) as! [String: Any]
+        let meta = try JSONDecoder().decode(LCWMetadata.self, from: lcw.metadataJSON)
         let out = Fixtures.tempDir() + "/broken.lcw"
         let kept = lcw.checkpoint.tensors.filter { $0.name != "txt_projection.ln.bias" }
         try LCWWriter.write(to: out, tensors: kept, metadata: meta)

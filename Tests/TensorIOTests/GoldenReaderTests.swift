@@ -21,10 +21,13 @@ final class GoldenReaderTests: XCTestCase {
             let entry = Fixtures.entry(rel)
             XCTAssertEqual(c.format.rawValue, entry["format"] as? String, rel)
             let want = Fixtures.tensors(rel)
-            let have = Dictionary(uniqueKeysWithValues: c.tensors.map { ($0.name, $0) })
-            XCTAssertEqual(c.tensors.count, want.count, "\(rel): tensor count")
+            // The manifest lists the state dict (PyTorch's keys); a wrapped file also holds other
+            // tensors (a Lightning checkpoint's optimizer state), listed after it by their paths.
+            let weights = c.tensors.filter { $0.container == c.tensors[0].container }
+            let have = Dictionary(uniqueKeysWithValues: weights.map { ($0.key, $0) })
+            XCTAssertEqual(weights.count, want.count, "\(rel): tensor count")
             if c.format != .safetensors {   // safetensors orders by dtype then name; torch files keep state-dict order
-                XCTAssertEqual(c.tensors.map(\.name), want.map { $0["name"] as! String }, "\(rel): order")
+                XCTAssertEqual(weights.map(\.key), want.map { $0["name"] as! String }, "\(rel): order")
             }
             var mismatches: [String] = []
             for w in want {
@@ -61,8 +64,16 @@ final class GoldenReaderTests: XCTestCase {
 
     func testWrappersAndLocationsAreReported() throws {
         let l = try TensorFile.open(Fixtures.golden("liteclip2_lightning.ckpt"))
-        XCTAssertEqual(l.wrapper, "nested under key 'state_dict'")
-        XCTAssertTrue(l.tensors[0].name.hasPrefix("model."))
+        // Every tensor at any depth, by its full path: the weights and the optimizer's moments.
+        XCTAssertEqual(l.wrapper, "tensors in 'state_dict' (260), 'optimizer_states.0.state.0' (3)")
+        XCTAssertEqual(l.tensors[0].name, "state_dict.model.logit_scale")
+        XCTAssertEqual(l.tensors[0].container, ["state_dict"])
+        XCTAssertEqual(l.tensors[0].key, "model.logit_scale")
+        XCTAssertEqual(l.tensors.filter { $0.container.first == "optimizer_states" }.map(\.name).sorted(),
+                       ["optimizer_states.0.state.0.exp_avg", "optimizer_states.0.state.0.exp_avg_sq", "optimizer_states.0.state.0.step"].sorted())
+        XCTAssertEqual(l.entries.first { $0.key == "state_dict" }?.tensors, 260)
+        XCTAssertEqual(l.entries.first { $0.key == "optimizer_states" }?.tensors, 3)
+        XCTAssertEqual(try TensorFile.open(Fixtures.golden("liteclip2_legacy.pt")).wrapper, nil)
         let cuda = try TensorFile.open(Fixtures.golden("liteclip2_bf16_ddp_cuda.pt"))
         XCTAssertEqual(cuda.metadata["storage_locations"], "cuda:1")
         XCTAssertEqual(try TensorFile.open(Fixtures.golden("cases/bigendian.pt")).metadata["byteorder"], "big")

@@ -15,8 +15,15 @@ final class LCWTests: XCTestCase {
         let dir = Fixtures.tempDir()
         let path = dir + "/a.lcw"
         try LCWWriter.write(to: path, tensors: tensors ?? [tensor("a", .f32, [3, 5]), tensor("b", .bf16, [7]), tensor("c", .i64, [])],
-                            metadata: ["k": "v", "n": [1, 2]])
+                            metadata: Meta())
         return Array(try Data(contentsOf: URL(fileURLWithPath: path)))
+    }
+
+    /// Metadata with a string, a path and an array.
+    struct Meta: Encodable {
+        var k = "v"
+        var n = [1, 2]
+        var path = "a/b.pt"
     }
 
     func read(_ bytes: [UInt8]) throws -> LCWFile { try LCWReader.read(source(bytes, "t.lcw")) }
@@ -56,6 +63,22 @@ final class LCWTests: XCTestCase {
 
     func testWritingIsDeterministic() throws {
         XCTAssertEqual(try validFile(), try validFile())
+    }
+
+    /// The header goes through `JSONCoding`: keys sorted, `/` not escaped.
+    func testHeaderIsSortedCompactJSON() throws {
+        let bytes = try validFile([tensor("a", .f32, [2])])
+        let h = Int(bytes.withUnsafeBytes { $0.le64(16) })
+        XCTAssertEqual(String(decoding: bytes[32..<(32 + h)], as: UTF8.self),
+                       #"{"metadata":{"k":"v","n":[1,2],"path":"a/b.pt"},"tensors":[{"dtype":"f32","name":"a","nbytes":8,"offset":0,"shape":[2]}]}"#)
+    }
+
+    /// Metadata that is not a JSON object, or not JSON at all, is refused before anything is written.
+    func testMetadataMustBeAJSONObject() throws {
+        let dir = Fixtures.tempDir()
+        assertReadError(.writeFailed, "array") { try LCWWriter.write(to: dir + "/a.lcw", tensors: [], metadata: [1, 2]) }
+        assertReadError(.writeFailed, "NaN") { try LCWWriter.write(to: dir + "/a.lcw", tensors: [], metadata: ["x": Double.nan]) }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), [])
     }
 
     func testPreambleChecks() throws {
@@ -101,15 +124,15 @@ final class LCWTests: XCTestCase {
         let dir = Fixtures.tempDir()
         let path = dir + "/out.lcw"
         let bad = Checkpoint.Tensor(name: "bad", dtype: .f32, shape: [4], origin: "test") { throw Boom() }
-        XCTAssertThrowsError(try LCWWriter.write(to: path, tensors: [tensor("a", .f32, [1000]), bad], metadata: [:]))
+        XCTAssertThrowsError(try LCWWriter.write(to: path, tensors: [tensor("a", .f32, [1000]), bad], metadata: [String: String]()))
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), [], "no output and no temporary file")
         // A loader that returns the wrong number of bytes is caught too.
         let short = Checkpoint.Tensor(name: "short", dtype: .f32, shape: [4], origin: "test") { TensorBytes(owning: [1, 2]) }
-        assertReadError(.shapeMismatch) { try LCWWriter.write(to: path, tensors: [short], metadata: [:]) }
+        assertReadError(.shapeMismatch) { try LCWWriter.write(to: path, tensors: [short], metadata: [String: String]()) }
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir), [])
         // An existing file is replaced only on success.
         try Data([1, 2, 3]).write(to: URL(fileURLWithPath: path))
-        XCTAssertThrowsError(try LCWWriter.write(to: path, tensors: [bad], metadata: [:]))
+        XCTAssertThrowsError(try LCWWriter.write(to: path, tensors: [bad], metadata: [String: String]()))
         XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: path)), Data([1, 2, 3]))
     }
 }

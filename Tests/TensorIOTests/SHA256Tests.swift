@@ -101,6 +101,17 @@ final class SHA256Tests: XCTestCase {
         XCTAssertEqual(SHA256.hexString(h.finalize()), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
     }
 
+    /// A copy hashes on independently (the EVP context is copied before it is shared).
+    func testCopiesAreIndependent() {
+        var a = SHA256()
+        a.update(Array("ab".utf8))
+        var b = a
+        a.update(Array("c".utf8))
+        b.update(Array("d".utf8))
+        XCTAssertEqual(SHA256.hexString(a.finalize()), digest("abc"))
+        XCTAssertEqual(SHA256.hexString(b.finalize()), digest("abd"))
+    }
+
     /// Unaligned input (the compressor loads words from arbitrary addresses).
     func testUnalignedInput() {
         let data = SHA256Tests.pattern

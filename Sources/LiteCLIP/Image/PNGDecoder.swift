@@ -1,4 +1,5 @@
 import CPNG
+import TensorIO
 
 /// PNG -> RGB through libpng, matching `PIL.Image.open(p).convert('RGB')`.
 ///
@@ -263,22 +264,5 @@ enum PNGDecoder {
         let perByte = 8 / depth
         let shift = (perByte - 1 - x % perByte) * depth
         return (src[x / perByte] >> UInt8(shift)) & UInt8((1 << depth) - 1)
-    }
-}
-
-/// CRC-32 (ISO 3309, as PNG uses it), table-driven.
-enum CRC32 {
-    static let table: [UInt32] = (0..<256).map { n -> UInt32 in
-        var c = UInt32(n)
-        for _ in 0..<8 { c = c & 1 != 0 ? 0xEDB8_8320 ^ (c >> 1) : c >> 1 }
-        return c
-    }
-
-    static func checksum(_ bytes: UnsafeRawBufferPointer) -> UInt32 {
-        var c: UInt32 = 0xFFFF_FFFF
-        table.withUnsafeBufferPointer { t in
-            for byte in bytes { c = t[Int((c ^ UInt32(byte)) & 0xFF)] ^ (c >> 8) }
-        }
-        return c ^ 0xFFFF_FFFF
     }
 }

@@ -2,25 +2,66 @@ import TensorIO
 
 /// A checkpoint's tensors placed onto the liteCLIP parameter set, strictly.
 ///
-/// 1. The wrapper's key prefix (`module.`, `model.`, `_orig_mod.`, a Lightning attribute name,
-///    or any combination) is found once, from the first liteCLIP anchor tensor present, and
-///    removed from every key that carries it. There are no per-key string rewrites.
+/// 1. The weights are found at any depth of the file by their anchor tensors (`logit_scale`,
+///    the projections, the stems): the container holding the first anchor (a Lightning
+///    `state_dict`, a `{"step", "model_state", "optimizer_state"}` dict, a list, ...) and the key
+///    prefix inside it (`module.`, `model.`, `_orig_mod.`, any combination) are found once and
+///    removed from every key that carries it. There are no per-key string rewrites and no list of
+///    wrapper names. Tensors in other containers (optimizer state, EMA copies) are left alone
+///    and counted in `elsewhere`.
 /// 2. The config is read off the tensor shapes (and, for what shapes cannot tell, the BERT config).
-/// 3. Every expected tensor must be present with its exact shape; anything else is an error,
-///    except the known-unused buffers the modules declare, which are named and dropped (`Strictness`).
+/// 3. Every expected tensor must be present with its exact shape; anything else in the weights'
+///    container is an error, except the known-unused buffers the modules declare, which are named
+///    and dropped (`Strictness`).
 public struct CheckpointMapping {
     public let config: LiteCLIPConfig
     /// Tensors in liteCLIP state-dict order, with canonical (prefix-free) names.
     public let tensors: [Checkpoint.Tensor]
     /// The prefix removed from the checkpoint's keys ("" when none).
     public let keyPrefix: String
+    /// Where the weights were inside the file ("nested under key 'state_dict'"), nil at the top level.
+    public let wrapper: String?
     /// Source names that were dropped as known-unused.
     public let ignored: [String]
+    /// Tensors of the file outside the weights' container, by container: "'optimizer_states' (520 tensors)".
+    public let elsewhere: [String]
 
     static let anchors = [
         "logit_scale", "img_projection.proj.weight", "txt_projection.proj.weight",
         "image_encoder.backbone.stem.0.weight", "text_encoder.backbone.embeddings.word_embeddings.weight",
     ]
+
+    /// Where the liteCLIP weights are in a file.
+    public struct Location: Equatable {
+        /// The keys of the containers holding them (empty: the top-level object).
+        public let container: [String]
+        /// The key prefix inside that container.
+        public let prefix: String
+        /// Other places the anchors were also found (an EMA copy, a second model), not used.
+        public var others: [String] = []
+        public var wrapper: String? { container.isEmpty ? nil : "nested under key '\(container.joined(separator: "."))'" }
+    }
+
+    /// Finds the weights by their anchors; throws "not a liteCLIP checkpoint" when none is present.
+    public static func locate(_ ckpt: Checkpoint) throws -> Location {
+        for anchor in anchors {
+            var found: [Location] = []
+            for t in ckpt.tensors {
+                let k = t.key
+                let p: String
+                if k == anchor { p = "" } else if k.hasSuffix("." + anchor) { p = String(k.dropLast(anchor.count)) } else { continue }
+                let l = Location(container: t.container, prefix: p)
+                if !found.contains(l) { found.append(l) }
+            }
+            if var first = found.first {
+                first.others = found.dropFirst().map { ($0.container + [$0.prefix + anchor]).joined(separator: ".") }
+                return first
+            }
+        }
+        throw ModelError(.notLiteCLIP, file: ckpt.file,
+                         "not a liteCLIP checkpoint: none of \(anchors.joined(separator: ", ")) is anywhere in it. First tensors: "
+                         + (ckpt.tensors.isEmpty ? "none" : ckpt.tensors.prefix(5).map(\.name).joined(separator: ", ")))
+    }
 
     /// - Parameters:
     ///   - textConfig: a BERT config (from `config.json`) that supplies the attention heads and
@@ -28,25 +69,21 @@ public struct CheckpointMapping {
     ///   - allowUnexpected: drop (and name) unknown tensors instead of failing.
     public init(_ ckpt: Checkpoint, textConfig: BertConfig?, allowUnexpected: Bool = false) throws {
         let file = ckpt.file
-        // 1. Prefix, from the first anchor found.
-        var prefix: String? = nil
-        outer: for anchor in Self.anchors {
-            for t in ckpt.tensors {
-                if t.name == anchor { prefix = ""; break outer }
-                if t.name.hasSuffix("." + anchor) { prefix = String(t.name.dropLast(anchor.count)); break outer }
-            }
-        }
-        guard let prefix else {
-            throw ModelError(.notLiteCLIP, file: file,
-                             "not a liteCLIP checkpoint: none of \(Self.anchors.joined(separator: ", ")) is present. First keys: "
-                             + ckpt.tensors.prefix(5).map(\.name).joined(separator: ", "))
-        }
+        // 1. The weights' container and key prefix, from the first anchor found.
+        let location = try Self.locate(ckpt)
+        let prefix = location.prefix
         var byName: [String: Checkpoint.Tensor] = [:]
         var unexpected: [Checkpoint.Tensor] = []
+        var elsewhere: [(String, Int)] = []
         for t in ckpt.tensors {
-            guard t.name.hasPrefix(prefix) else { unexpected.append(t); continue }
-            let n = String(t.name.dropFirst(prefix.count))
-            byName[n] = t
+            guard t.container == location.container else {
+                let c = t.container.isEmpty ? "the top level" : "'" + t.container.joined(separator: ".") + "'"
+                if let i = elsewhere.firstIndex(where: { $0.0 == c }) { elsewhere[i].1 += 1 } else { elsewhere.append((c, 1)) }
+                continue
+            }
+            let k = t.key
+            guard k.hasPrefix(prefix) else { unexpected.append(t); continue }
+            byName[String(k.dropFirst(prefix.count))] = t
         }
 
         // 2. Config from shapes.
@@ -56,14 +93,18 @@ public struct CheckpointMapping {
         let declared = LiteCLIPParameters.declared(config)
         let placed = try Strictness.place(byName, expected: declared.specs, ignorable: Set(declared.ignorable), file: file,
                                           context: "the checkpoint does not match liteCLIP (\(Self.describe(config)))",
-                                          sourcePrefix: prefix, unexpected: unexpected, allowUnexpected: allowUnexpected)
+                                          sourcePrefix: (location.container + [prefix]).joined(separator: "."),
+                                          unexpected: unexpected, allowUnexpected: allowUnexpected)
         let hasPooler = !placed.groups.isEmpty
         var cfg = config
         cfg.hasPooler = hasPooler
         self.config = cfg
         self.tensors = placed.tensors
         self.keyPrefix = prefix
+        self.wrapper = location.wrapper
         self.ignored = placed.ignored
+        self.elsewhere = elsewhere.map { "\($0.0) (\($0.1) tensor\($0.1 == 1 ? "" : "s"))" }
+            + location.others.map { "\($0) (another copy of the weights; not used)" }
     }
 
     static func describe(_ c: LiteCLIPConfig) -> String {

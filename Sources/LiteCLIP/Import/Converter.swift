@@ -35,6 +35,8 @@ public enum Converter {
         public var ignored: [String]
         /// Layout conversions applied (ONNX) and other facts worth telling the user.
         public var notes: [String] = []
+        /// Tensors of the file outside the weights (optimizer state, EMA copies), by container.
+        public var elsewhere: [String] = []
         /// Parts of the parameters the source does not hold (see `LCWMetadata.SourceInfo.partial`).
         public var partial: [String] = []
     }
@@ -75,13 +77,15 @@ public enum Converter {
                         partial: Partial? = nil, progress: ((Int, Int) -> Void)?) throws -> Report {
         let p = try prepare(ckpt, source: source, input: input, options: options, partial: partial)
         let (mapping, meta, outTensors) = (p.mapping, p.metadata, p.tensors)
-        let fileBytes = try LCWWriter.write(to: output, tensors: outTensors, metadata: try meta.jsonObject(), progress: progress)
-        return Report(input: input, output: output, format: ckpt.format, wrapper: ckpt.wrapper, keyPrefix: mapping.keyPrefix,
+        let fileBytes = try LCWWriter.write(to: output, tensors: outTensors, metadata: meta, progress: progress)
+        var report = Report(input: input, output: output, format: ckpt.format, wrapper: mapping.wrapper, keyPrefix: mapping.keyPrefix,
                       sourceSHA256: meta.source.sha256, sourceBytes: source.count, tokenizerFile: p.tokenizerFile,
                       textConfigFile: p.textConfigFile, config: mapping.config, tensorCount: outTensors.count,
                       parameterCount: outTensors.reduce(0) { $0 + $1.elementCount },
                       dataBytes: outTensors.reduce(0) { $0 + $1.byteCount }, fileBytes: fileBytes,
                       dtypes: p.dtypes, ignored: mapping.ignored, partial: partial?.missing ?? [])
+        report.elsewhere = mapping.elsewhere
+        return report
     }
 
     /// What a conversion writes: the `.lcw` metadata and the tensors (converted lazily).
@@ -116,13 +120,16 @@ public enum Converter {
             return FileManager.default.fileExists(atPath: p) ? p : nil
         }
 
+        // Is it liteCLIP at all? Said before any complaint about the files beside it.
+        _ = try CheckpointMapping.locate(ckpt)
+
         // BERT config: flag, else beside the checkpoint.
         var textConfig: BertConfig? = nil
         let textConfigFile = options.textConfigPath ?? beside("config.json")
         if let p = textConfigFile {
             guard let data = FileManager.default.contents(atPath: p) else { throw ModelError(.badConfig, file: p, "cannot read the BERT config") }
             do { textConfig = try JSONDecoder().decode(BertConfig.self, from: data) } catch {
-                throw ModelError(.badConfig, file: p, "not a BERT config.json: \(error)")
+                throw ModelError(.badConfig, file: p, "not a BERT config.json: " + Self.describe(error))
             }
         }
         // A partial source's rebuilt embeddings are smaller than the config says, by construction.
@@ -166,10 +173,22 @@ public enum Converter {
         let meta = LCWMetadata(
             model: mapping.config, tokenizer: tokenizer, preprocess: .seed,
             source: .init(file: (input as NSString).lastPathComponent, sha256: sourceSHA,
-                          format: ckpt.format.rawValue, wrapper: ckpt.wrapper, keyPrefix: mapping.keyPrefix,
+                          format: ckpt.format.rawValue, wrapper: mapping.wrapper, keyPrefix: mapping.keyPrefix,
                           ignoredTensors: mapping.ignored, partial: partial?.missing),
             converter: .init())
         return Prepared(mapping: mapping, metadata: meta, tensors: outTensors, tokenizerFile: tokenizerFile,
                         textConfigFile: textConfigFile, dtypes: dtypes)
+    }
+
+    /// A JSON decoding failure in words: which key is missing or of the wrong type, and where.
+    static func describe(_ error: Error) -> String {
+        guard let e = error as? DecodingError else { return "\(error)" }
+        func path(_ c: [CodingKey]) -> String { c.isEmpty ? "" : " at " + c.map { $0.intValue.map(String.init) ?? $0.stringValue }.joined(separator: ".") }
+        switch e {
+        case let .keyNotFound(k, ctx): return "it has no '\(k.stringValue)'\(path(ctx.codingPath))"
+        case let .typeMismatch(_, ctx), let .valueNotFound(_, ctx): return "'\(ctx.codingPath.last?.stringValue ?? "?")' has the wrong type\(path(ctx.codingPath.dropLast()))"
+        case let .dataCorrupted(ctx): return "malformed JSON\(path(ctx.codingPath)): \(ctx.debugDescription)"
+        @unknown default: return "\(e)"
+        }
     }
 }

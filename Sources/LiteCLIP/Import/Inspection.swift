@@ -5,10 +5,18 @@ import TensorIO
 /// What `liteclip inspect` reports about a file.
 public struct Inspection: Encodable {
     public struct Row: Encodable {
+        /// The full dotted path in the file (`state_dict.model.logit_scale`).
         public let name: String
         public let dtype: DType
         public let shape: [Int]
         public let sha256: String
+        /// The containers holding it (the wrapper part of `name`) and its key inside them.
+        public var container: [String] = []
+        public var key: String
+        /// ONNX: the `Constant` node holding it (nil for an initializer or any other file).
+        public var constantNode: String? = nil
+
+        enum CodingKeys: String, CodingKey { case name, dtype, shape, sha256, container, key, constantNode = "constant_node" }
     }
 
     /// What an ONNX file's graph holds besides its weights.
@@ -42,13 +50,22 @@ public struct Inspection: Encodable {
     /// For ONNX files: the graph's opsets, inputs, outputs and operator counts.
     public let onnx: ONNXGraph?
     public let rows: [Row]
+    /// The top-level entries of a wrapped file (a training checkpoint), with their tensor counts.
+    public var entries: [Checkpoint.Entry] = []
+    /// Classes the file names that were kept as inert data, never imported or called.
+    public var placeholders: [String] = []
+    /// Tensors left out by the filter.
+    public var filteredOut = 0
 
     /// Opens `path` with the reader its bytes call for and hashes every tensor (both cores).
-    public static func inspect(_ path: String) throws -> Inspection {
+    /// - Parameter filter: keep only tensors whose full path starts with this (the others are
+    ///   not read).
+    public static func inspect(_ path: String, filter: String? = nil) throws -> Inspection {
         let source = try ByteSource(mapping: path)
         var lcwMeta: LCWMetadata? = nil
         var onnx: ONNXGraph? = nil
-        let ckpt: Checkpoint
+        var ckpt: Checkpoint
+        var constantNodes: [String: String] = [:]
         let kind = try TensorFile.detect(source)
         if kind == .lcw {
             let f = try LCWReader.read(source)
@@ -57,6 +74,12 @@ public struct Inspection: Encodable {
         } else if kind == .onnx {
             let m = try ONNXReader.read(source)
             ckpt = m.checkpoint()
+            // Weights some exporters keep in Constant nodes instead of initializers.
+            for n in m.nodes where n.opType == "Constant" && n.domain.isEmpty {
+                guard case .tensor(let t)? = n.attributes["value"], let out = n.outputs.first, !out.isEmpty else { continue }
+                ckpt.tensors.append(Checkpoint.Tensor(name: out, dtype: t.dtype, shape: t.shape, origin: "Constant node '\(n.name)'") { try t.load() })
+                constantNodes[out] = n.name
+            }
             var ops: [String: Int] = [:]
             for n in m.nodes { ops[n.domain.isEmpty ? n.opType : "\(n.domain).\(n.opType)", default: 0] += 1 }
             func io(_ v: [ONNXValueInfo]) -> [ONNXGraph.Value] {
@@ -68,7 +91,8 @@ public struct Inspection: Encodable {
         } else {
             ckpt = try TensorFile.read(source)
         }
-        let tensors = ckpt.tensors
+        let all = ckpt.tensors
+        let tensors = filter.map { f in all.filter { $0.name.hasPrefix(f) } } ?? all
         var hashes = [Result<String, Error>](repeating: .success(""), count: tensors.count)
         hashes.withUnsafeMutableBufferPointer { out in
             let o = out
@@ -76,11 +100,20 @@ public struct Inspection: Encodable {
                 o[i] = Result { try tensors[i].load().sha256() }
             }
         }
-        let rows = try zip(tensors, hashes).map { t, h in Row(name: t.name, dtype: t.dtype, shape: t.shape, sha256: try h.get()) }
-        return Inspection(file: path, format: ckpt.format, wrapper: ckpt.wrapper, metadata: ckpt.metadata, lcw: lcwMeta, onnx: onnx, rows: rows)
+        let rows = try zip(tensors, hashes).map { t, h in
+            Row(name: t.name, dtype: t.dtype, shape: t.shape, sha256: try h.get(), container: t.container, key: t.key,
+                constantNode: constantNodes[t.name])
+        }
+        var r = Inspection(file: path, format: ckpt.format, wrapper: ckpt.wrapper, metadata: ckpt.metadata, lcw: lcwMeta, onnx: onnx, rows: rows)
+        r.entries = ckpt.entries
+        r.placeholders = ckpt.placeholders
+        r.filteredOut = all.count - tensors.count
+        return r
     }
 
-    enum CodingKeys: String, CodingKey { case file, format, wrapper, metadata, lcw, onnx, tensors }
+    enum CodingKeys: String, CodingKey { case file, format, wrapper, metadata, lcw, onnx, tensors, entries, placeholders, filteredOut = "filtered_out" }
+
+    struct EntryJSON: Encodable { let key: String; let type: String; let tensors: Int }
 
     /// JSON: the file, its format, wrapper and metadata, each tensor (name, dtype, shape,
     /// sha256), and for a `.lcw` its decoded metadata with the vocabulary as a count and a hash.
@@ -92,6 +125,9 @@ public struct Inspection: Encodable {
         try c.encode(metadata, forKey: .metadata)
         try c.encodeIfPresent(onnx, forKey: .onnx)
         try c.encode(rows, forKey: .tensors)
+        try c.encode(entries.map { EntryJSON(key: $0.key, type: $0.type, tensors: $0.tensors) }, forKey: .entries)
+        try c.encode(placeholders, forKey: .placeholders)
+        try c.encode(filteredOut, forKey: .filteredOut)
         if let m = lcw { try c.encode(LCWSummary(m), forKey: .lcw) }
     }
 

@@ -48,13 +48,6 @@ public struct LCWMetadata: Codable, Equatable, Sendable {
         public var version = LiteCLIPVersion.string
         public init() {}
     }
-
-    public func jsonObject() throws -> [String: Any] {
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.sortedKeys]
-        let data = try enc.encode(self)
-        return try JSONSerialization.jsonObject(with: data) as! [String: Any]
-    }
 }
 
 public enum LiteCLIPVersion {

@@ -383,7 +383,7 @@ public final class Trainer {
         meta.source.trainedFrom = TrainingInfo(model: (modelPath as NSString).lastPathComponent, steps: globalStep, epochs: epochs,
                                                optimizer: options.optimizer.kind.rawValue, lr: options.optimizer.lr,
                                                freeze: options.freeze?.rawValue, bestValidationLoss: bestLoss.map(Double.init))
-        _ = try LCWWriter.write(to: path, tensors: modelTensors(weights), metadata: try meta.jsonObject())
+        _ = try LCWWriter.write(to: path, tensors: modelTensors(weights), metadata: meta)
     }
 
     /// `<out>.ckpt`: an `.lcw` container (formats/training.md) with the current weights, the
@@ -402,18 +402,17 @@ public final class Trainer {
             for p in model.parameters { tensors.append(Self.floatTensor("best." + p.name, p.tensor.shape, bw[p.name]!)) }
         }
         // Decimal strings where a JSON number could lose bits: 64-bit generator words, the loss sum.
-        let epochProgress: Any = progress.map { p -> [String: Any] in
-            ["rng_at_start": p.startState.map { String($0) }, "step": p.step, "steps_per_epoch": stepsPerEpoch,
-             "loss_sum": "\(p.lossSum)", "samples": p.samples]
-        } ?? NSNull()
-        let state: [String: Any] = [
-            "epoch": epoch, "global_step": globalStep, "optimizer_step": step,
-            "rng": rng.state.map { String($0) }, "best": best.map { Double($0) } as Any? ?? NSNull(),
-            "since_best": sinceBest, "train_losses": trainLosses.map(Double.init), "val_losses": valLosses.map(Double.init),
-            "skipped": decodeSkipped, "epoch_progress": epochProgress,
-            "settings": settingsJSON(),
-        ]
-        let meta: [String: Any] = ["architecture": TrainingCheckpoint.architecture, "model": try file.metadata.jsonObject(), "training": state]
+        let epochProgress = progress.map { p in
+            CheckpointMetadata.EpochProgress(rngAtStart: p.startState.map { String($0) }, step: p.step, stepsPerEpoch: stepsPerEpoch,
+                                             lossSum: "\(p.lossSum)", samples: p.samples)
+        }
+        let state = CheckpointMetadata.State(
+            epoch: epoch, globalStep: globalStep, optimizerStep: step,
+            rng: rng.state.map { String($0) }, best: best.map { Double($0) },
+            sinceBest: sinceBest, trainLosses: trainLosses.map(Double.init), valLosses: valLosses.map(Double.init),
+            skipped: decodeSkipped, epochProgress: epochProgress,
+            settings: settingsJSON())
+        let meta = CheckpointMetadata(model: file.metadata, training: state)
         _ = try LCWWriter.write(to: checkpointPath, tensors: tensors, metadata: meta)
     }
 
@@ -506,6 +505,57 @@ public final class Trainer {
     /// Batches of the next epoch the resumed checkpoint had already done (0 at an epoch's end):
     /// the run continues with batch `resumedStep + 1` of epoch `resumedEpoch + 1`.
     public var resumedStep: Int { progress?.step ?? 0 }
+}
+
+/// The metadata of `OUT.ckpt` (formats/training.md), written through `JSONCoding`; `restore`
+/// reads it back. `best` and `epoch_progress` are written as null when absent.
+struct CheckpointMetadata: Encodable {
+    var architecture = TrainingCheckpoint.architecture
+    var model: LCWMetadata
+    var training: State
+
+    init(model: LCWMetadata, training: State) { (self.model, self.training) = (model, training) }
+
+    struct State: Encodable {
+        var epoch, globalStep, optimizerStep: Int
+        var rng: [String]
+        var best: Double?
+        var sinceBest: Int
+        var trainLosses, valLosses: [Double]
+        var skipped: Int
+        var epochProgress: EpochProgress?
+        var settings: [String: String]
+
+        enum CodingKeys: String, CodingKey {
+            case epoch, rng, best, skipped, settings
+            case globalStep = "global_step", optimizerStep = "optimizer_step", sinceBest = "since_best"
+            case trainLosses = "train_losses", valLosses = "val_losses", epochProgress = "epoch_progress"
+        }
+
+        func encode(to encoder: Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(epoch, forKey: .epoch); try c.encode(globalStep, forKey: .globalStep)
+            try c.encode(optimizerStep, forKey: .optimizerStep); try c.encode(rng, forKey: .rng)
+            try c.encode(best, forKey: .best)                     // null before a validation loss
+            try c.encode(sinceBest, forKey: .sinceBest)
+            try c.encode(trainLosses, forKey: .trainLosses); try c.encode(valLosses, forKey: .valLosses)
+            try c.encode(skipped, forKey: .skipped)
+            try c.encode(epochProgress, forKey: .epochProgress)   // null at an epoch's end
+            try c.encode(settings, forKey: .settings)
+        }
+    }
+
+    struct EpochProgress: Encodable {
+        var rngAtStart: [String]
+        var step, stepsPerEpoch: Int
+        var lossSum: String
+        var samples: Int
+
+        enum CodingKeys: String, CodingKey {
+            case step, samples
+            case rngAtStart = "rng_at_start", stepsPerEpoch = "steps_per_epoch", lossSum = "loss_sum"
+        }
+    }
 }
 
 /// Recorded in a trained model's `metadata.source.trained`.

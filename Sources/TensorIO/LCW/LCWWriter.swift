@@ -1,7 +1,9 @@
 import Foundation
 
 public enum LCWWriter {
-    /// Writes `tensors` (in order) and `metadata` (a JSON object) to `path` atomically.
+    /// Writes `tensors` (in order) and `metadata` (anything that encodes to a JSON object) to
+    /// `path` atomically. The header goes through `JSONCoding` (keys sorted): the same tensors and
+    /// metadata always give the same bytes.
     ///
     /// Each tensor's bytes are pulled from its loader one at a time and written straight from
     /// that buffer, so peak memory is the largest single materialised tensor, not the model.
@@ -9,20 +11,27 @@ public enum LCWWriter {
     ///   - progress: called after each tensor with (bytes written so far, total data bytes).
     /// - Returns: the number of bytes in the finished file.
     @discardableResult
-    public static func write(to path: String, tensors: [Checkpoint.Tensor], metadata: [String: Any],
-                             progress: ((Int, Int) -> Void)? = nil) throws -> Int {
-        var entries: [[String: Any]] = []
+    public static func write<Metadata: Encodable>(to path: String, tensors: [Checkpoint.Tensor], metadata: Metadata,
+                                                  progress: ((Int, Int) -> Void)? = nil) throws -> Int {
+        var entries: [Entry] = []
         var offset = 0
         var names = Set<String>()
         for t in tensors {
             guard names.insert(t.name).inserted else { throw ReadError(.duplicateName, file: path, place: "tensor '\(t.name)'", "two tensors are named '\(t.name)'") }
             guard let n = Checked.byteCount(t.shape, t.dtype) else { throw ReadError(.overflow, file: path, place: "tensor '\(t.name)'", "size overflows") }
-            entries.append(["name": t.name, "dtype": t.dtype.rawValue, "shape": t.shape, "offset": offset, "nbytes": n])
+            entries.append(Entry(name: t.name, dtype: t.dtype.rawValue, shape: t.shape, offset: offset, nbytes: n))
             offset = LCW.align(offset + n)
         }
         let dataLength = offset
-        guard JSONSerialization.isValidJSONObject(metadata) else { throw ReadError(.writeFailed, file: path, "metadata is not valid JSON") }
-        let header = try JSONSerialization.data(withJSONObject: ["tensors": entries, "metadata": metadata], options: [.sortedKeys])
+        let header: Data
+        do {
+            guard try JSONCoding.encode(metadata).first == UInt8(ascii: "{") else {
+                throw ReadError(.writeFailed, file: path, "metadata must be a JSON object")
+            }
+            header = try JSONCoding.encode(Header(tensors: entries, metadata: metadata))
+        } catch let e as EncodingError {
+            throw ReadError(.writeFailed, file: path, "metadata is not valid JSON: \(e)")
+        }
         guard header.count <= LCW.maxHeaderBytes else { throw ReadError(.limitExceeded, file: path, "header of \(header.count) bytes exceeds the cap") }
 
         let out = try AtomicFile(path: path)
@@ -35,7 +44,7 @@ public enum LCWWriter {
             let dataStart = LCW.align(LCW.fixedHeaderSize + header.count)
             try out.writeZeros(dataStart - out.bytesWritten)
             for (t, e) in zip(tensors, entries) {
-                let want = e["nbytes"] as! Int
+                let want = e.nbytes
                 let bytes = try t.load()
                 guard bytes.count == want else {
                     throw ReadError(.shapeMismatch, file: path, place: "tensor '\(t.name)'", "loader produced \(bytes.count) bytes, expected \(want)")
@@ -51,5 +60,19 @@ public enum LCWWriter {
             out.abort()
             throw error
         }
+    }
+
+    /// The header object (formats/lcw.md); `JSONCoding` sorts its keys.
+    private struct Header<Metadata: Encodable>: Encodable {
+        let tensors: [Entry]
+        let metadata: Metadata
+    }
+
+    private struct Entry: Encodable {
+        let name: String
+        let dtype: String
+        let shape: [Int]
+        let offset: Int
+        let nbytes: Int
     }
 }

@@ -1,10 +1,11 @@
 /// The values the allowlisted pickle interpreter can build. Nothing here can run code:
-/// "callables" are only names on the allowlist, and REDUCE on one of them builds data.
+/// "callables" are only names, and REDUCE on one of them builds data (formats/pytorch.md,
+/// "Placeholders").
 public indirect enum PyValue {
     case none
     case bool(Bool)
     case int(Int64)
-    /// An integer wider than 64 bits (LONG1/LONG4), little-endian two's complement.
+    /// An integer outside Int64 (LONG, LONG1, LONG4), minimal little-endian two's complement.
     case bigInt([UInt8])
     case float(Double)
     case string(String)
@@ -14,6 +15,12 @@ public indirect enum PyValue {
     case dict(PyDict)
     /// An allowlisted global such as `collections.OrderedDict` or `torch.float16`.
     case global(module: String, name: String)
+    /// A global that is NOT on the allowlist (`argparse.Namespace`, `omegaconf.dictconfig.DictConfig`,
+    /// ...), kept as its name only: never imported, never looked up, never called.
+    case placeholder(module: String, name: String)
+    /// What a pickle built by "calling" a placeholder (REDUCE, NEWOBJ, NEWOBJ_EX, INST, OBJ) and
+    /// filling it (BUILD, SETITEM(S), APPEND(S)): the name and those arguments, kept as data.
+    case object(PyObjectRef)
     /// A storage reference produced by BINPERSID.
     case storage(StorageRef)
     case tensor(TensorRef)
@@ -30,6 +37,8 @@ public indirect enum PyValue {
         case .list: return "list"
         case .dict(let d): return d.isOrdered ? "OrderedDict" : "dict"
         case .global(let m, let n): return "\(m).\(n)"
+        case .placeholder(let m, let n): return "\(m).\(n) (placeholder)"
+        case .object(let r): return "\(r.qualifiedName) object (placeholder)"
         case .storage: return "storage"
         case .tensor: return "tensor"
         }
@@ -48,6 +57,8 @@ public indirect enum PyValue {
 public final class PyList {
     public var items: [PyValue] = []
     var depth = 1
+    /// Values in the list walked as a tree (shared references counted each time), itself included.
+    var size = 1
     /// Set once the list is placed inside another value; it is never changed after that
     /// (PickleMachine: "Containers are filled before they are placed").
     var frozen = false
@@ -60,6 +71,7 @@ public final class PyDict {
     /// The state BUILD gave an OrderedDict (a state dict's `_metadata`); kept, never interpreted.
     public var buildState: PyValue?
     var depth = 1
+    var size = 1
     /// Set once the dict is placed inside another value (see `PyList.frozen`).
     var frozen = false
 
@@ -69,6 +81,82 @@ public final class PyDict {
         for e in entries { if case .string(let k) = e.key, k == key { return e.value } }
         return nil
     }
+}
+
+/// An instance of a class that is not on the allowlist, as inert data: the class's name, the
+/// arguments the pickle would have called it with, and what it would have filled it with.
+/// Nothing is imported or called; no attribute is ever looked up.
+public final class PyObject {
+    /// The opcode that "called" the placeholder.
+    public enum Construction: String, Sendable {
+        /// `REDUCE`: `callable(*args)` (`args` are the call's arguments).
+        case reduce = "REDUCE"
+        /// `NEWOBJ`: `cls.__new__(cls, *args)`.
+        case newobj = "NEWOBJ"
+        /// `NEWOBJ_EX`: `cls.__new__(cls, *args, **kwargs)`.
+        case newobjEx = "NEWOBJ_EX"
+        /// `INST` / `OBJ` (protocols 0 and 1; Python 2 classic classes): `cls(*args)`.
+        case inst = "INST", obj = "OBJ"
+    }
+
+    public let module: String
+    public let name: String
+    public var qualifiedName: String { "\(module).\(name)" }
+    public let construction: Construction
+    public let args: [PyValue]
+    /// NEWOBJ_EX's keyword arguments (a dict), nil for the other constructions.
+    public let kwargs: PyValue?
+    /// What BUILD gave it (`__setstate__`'s argument or the `__dict__` update), if anything.
+    public internal(set) var state: PyValue?
+    /// What APPEND(S) gave it (a list subclass's items).
+    public internal(set) var listItems: [PyValue] = []
+    /// What SETITEM(S) gave it (a dict subclass's items, e.g. Lightning's `AttributeDict`).
+    public internal(set) var dictItems: [(key: PyValue, value: PyValue)] = []
+    var depth: Int
+    var size: Int
+
+    init(module: String, name: String, construction: Construction, args: [PyValue], kwargs: PyValue?, depth: Int, size: Int) {
+        self.module = module
+        self.name = name
+        self.construction = construction
+        self.args = args
+        self.kwargs = kwargs
+        self.depth = depth
+        self.size = size
+    }
+}
+
+/// One place where a `PyObject` sits (a tuple item, a list item, a dict value, an argument...).
+///
+/// Usually an owning reference. An object that is filled (BUILD, SETITEM(S), APPEND(S)) after
+/// it was already placed somewhere is part of a recursive structure (omegaconf's `_parent`
+/// links point back at a config before its state is set): every place it had at that moment
+/// becomes a back-reference, which does not own it, so no reference cycle can form and the
+/// nesting and size caps hold for everything reachable through owning references.
+/// Code that walks values must not descend into `backReferenceTarget` (that is how a cycle would
+/// be followed); `object` is nil for a back-reference.
+public final class PyObjectRef {
+    private var owned: PyObject?
+    private weak var target: PyObject?
+    /// The object's `module.name`, available even for a back-reference.
+    public let qualifiedName: String
+
+    init(_ object: PyObject) {
+        owned = object
+        target = object
+        qualifiedName = object.qualifiedName
+    }
+
+    /// The object, unless this is a back-reference.
+    public var object: PyObject? { owned }
+    /// True when this place points back at an enclosing object (see the type's comment).
+    public var isBackReference: Bool { owned == nil }
+    /// For a back-reference, the object it points at while something else still owns it.
+    /// Never walk into it.
+    public var backReferenceTarget: PyObject? { owned == nil ? target : nil }
+
+    /// Turns this place into a back-reference.
+    func releaseOwnership() { owned = nil }
 }
 
 /// `('storage', torch.FloatStorage, '0', 'cuda:0', 1234[, view_metadata])` as BINPERSID sees it.

@@ -54,10 +54,11 @@ public enum TorchReader {
         }
         let bigEndian = bigEndianFile
         let cache = StorageCache()
-        let (wrapper, items) = try findStateDict(top, file: file)
-        let tensors: [Checkpoint.Tensor] = items.map { name, t in
+        let (found, wrapper, entries) = try findTensors(top, file: file)
+        let tensors: [Checkpoint.Tensor] = found.map { f in
+            let t = f.ref, name = f.name
             let rec = records[t.storage.key]!
-            return Checkpoint.Tensor(name: name, dtype: t.dtype, shape: t.shape, origin: "entry '\(rec.name)'") {
+            return Checkpoint.Tensor(name: name, dtype: t.dtype, shape: t.shape, origin: "entry '\(rec.name)'", container: f.container) {
                 let storage = try cache.get(rec.name) { try zip.bytes(of: rec) }
                 return try materialize(t, storage: storage, bigEndian: bigEndian, file: file, name: name)
             }
@@ -67,7 +68,9 @@ public enum TorchReader {
             meta["version"] = t.withBytes { String(decoding: $0, as: UTF8.self) }.trimmingCharacters(in: .whitespacesAndNewlines)
         }
         meta["storage_locations"] = Set(machine.storages.values.map(\.location)).sorted().joined(separator: ",")
-        return Checkpoint(file: file, format: .torchZip, wrapper: wrapper, tensors: tensors, metadata: meta, source: source)
+        var ckpt = Checkpoint(file: file, format: .torchZip, wrapper: wrapper, tensors: tensors, metadata: meta, source: source)
+        ckpt.entries = entries
+        return ckpt
     }
 
     // MARK: - Legacy format
@@ -124,8 +127,9 @@ public enum TorchReader {
         guard pos == b.count else {
             throw ReadError(.malformedPickle, file: file, place: "byte \(pos)", "\(b.count - pos) trailing bytes after the last storage")
         }
-        let (wrapper, items) = try findStateDict(top, file: file)
-        let tensors: [Checkpoint.Tensor] = try items.map { name, t in
+        let (found, wrapper, entries) = try findTensors(top, file: file)
+        let tensors: [Checkpoint.Tensor] = try found.map { f in
+            let t = f.ref, name = f.name
             var ref = t
             var region = regions[t.storage.key]!
             if let v = t.storage.view {
@@ -138,46 +142,88 @@ public enum TorchReader {
                 ref = TensorRef(storage: t.storage, dtype: t.dtype, offset: t.offset, shape: t.shape, stride: t.stride)
             }
             let storageBytes = TensorBytes(viewOf: source, region), tr = ref
-            return Checkpoint.Tensor(name: name, dtype: t.dtype, shape: t.shape, origin: "storage '\(t.storage.key)'") {
+            return Checkpoint.Tensor(name: name, dtype: t.dtype, shape: t.shape, origin: "storage '\(t.storage.key)'", container: f.container) {
                 try materialize(tr, storage: storageBytes, bigEndian: false, file: file, name: name)
             }
         }
         var meta: [String: String] = ["byteorder": "little"]
         if case .bool(let le)? = si.value(forKey: "little_endian") { meta["saved_on_little_endian"] = le ? "true" : "false" }
         meta["storage_locations"] = Set(machine.storages.values.map(\.location)).sorted().joined(separator: ",")
-        return Checkpoint(file: file, format: .torchLegacy, wrapper: wrapper, tensors: tensors, metadata: meta, source: source)
+        var ckpt = Checkpoint(file: file, format: .torchLegacy, wrapper: wrapper, tensors: tensors, metadata: meta, source: source)
+        ckpt.entries = entries
+        return ckpt
     }
 
-    // MARK: - Finding the weights
+    // MARK: - Finding the tensors
 
-    /// Keys under which training frameworks nest the weights, in the order they are tried.
-    static let nestingKeys = ["state_dict", "model_state_dict", "model", "module", "net", "network", "weights", "params", "ema"]
+    /// A tensor found in the object tree: the containers' keys leading to it, and its own key.
+    struct Found {
+        let container: [String]
+        let key: String
+        let ref: TensorRef
+        var name: String { (container + [key]).joined(separator: ".") }
+    }
 
-    /// The tensor dictionary inside the top-level object, and how it was found.
-    static func findStateDict(_ top: PyValue, file: String) throws -> (String?, [(String, TensorRef)]) {
-        guard case .dict(let d) = top else {
-            throw ReadError(.noStateDict, file: file, "the file holds a \(top.typeName), not a dict of tensors")
-        }
-        if let items = tensorItems(d) { return (nil, items) }
-        for key in nestingKeys {
-            if case .dict(let inner)? = d.value(forKey: key), let items = tensorItems(inner) {
-                return ("nested under key '\(key)'", items)
+    /// Every tensor in the file's object tree, at any depth, in pickle order: dict values by
+    /// their key, list and tuple items by their index. Where they sit decides nothing here (the
+    /// caller picks the weights it wants by what they are, not by a list of key names).
+    static func findTensors(_ top: PyValue, file: String) throws -> (found: [Found], wrapper: String?, entries: [Checkpoint.Entry]) {
+        var found: [Found] = []
+        func key(_ k: PyValue) -> String {
+            switch k {
+            case .string(let s): return s
+            case .int(let i): return String(i)
+            case .bool(let b): return b ? "True" : "False"
+            default: return "<\(k.typeName)>"
             }
         }
-        let keys = d.entries.prefix(12).map { $0.key.keyText ?? $0.key.typeName }
-        throw ReadError(.noStateDict, file: file,
-                        "no dict of tensors found at the top level or under \(nestingKeys.map { "'\($0)'" }.joined(separator: ", ")); top-level keys: \(keys)")
-    }
-
-    /// Non-empty dict whose keys are all strings and values all tensors.
-    static func tensorItems(_ d: PyDict) -> [(String, TensorRef)]? {
-        guard !d.entries.isEmpty else { return nil }
-        var out: [(String, TensorRef)] = []
-        for e in d.entries {
-            guard case .string(let k) = e.key, case .tensor(let t) = e.value else { return nil }
-            out.append((k, t))
+        func walk(_ v: PyValue, _ path: [String], as name: String?) {
+            switch v {
+            case .tensor(let t):
+                if let name { found.append(Found(container: path, key: name, ref: t)) }
+                else { found.append(Found(container: [], key: "tensor", ref: t)) }
+            case .dict(let d):
+                let here = name.map { path + [$0] } ?? path
+                for e in d.entries { walk(e.value, here, as: key(e.key)) }
+            case .list(let l):
+                let here = name.map { path + [$0] } ?? path
+                for (i, item) in l.items.enumerated() { walk(item, here, as: String(i)) }
+            case .tuple(let items):
+                let here = name.map { path + [$0] } ?? path
+                for (i, item) in items.enumerated() { walk(item, here, as: String(i)) }
+            default:
+                break
+            }
         }
-        return out
+        walk(top, [], as: nil)
+        guard !found.isEmpty else {
+            var what = "the file holds a \(top.typeName) without any tensor"
+            if case .dict(let d) = top {
+                what += "; top-level keys: \(d.entries.prefix(12).map { key($0.key) })"
+            }
+            throw ReadError(.noStateDict, file: file, what)
+        }
+        // Where they are, in words, and the top-level entries of a wrapped file.
+        var counts: [(String, Int)] = []
+        for f in found {
+            let c = f.container.joined(separator: ".")
+            if let i = counts.firstIndex(where: { $0.0 == c }) { counts[i].1 += 1 } else { counts.append((c, 1)) }
+        }
+        let wrapper: String?
+        if counts.count == 1 {
+            wrapper = counts[0].0.isEmpty ? nil : "nested under key '\(counts[0].0)'"
+        } else {
+            wrapper = "tensors in " + counts.map { $0.0.isEmpty ? "the top level (\($0.1))" : "'\($0.0)' (\($0.1))" }.joined(separator: ", ")
+        }
+        var entries: [Checkpoint.Entry] = []
+        if case .dict(let d) = top, found.contains(where: { !$0.container.isEmpty }) {
+            for e in d.entries {
+                let k = key(e.key)
+                entries.append(.init(key: k, type: e.value.typeName,
+                                     tensors: found.filter { $0.container.first == k || ($0.container.isEmpty && $0.key == k) }.count))
+            }
+        }
+        return (found, wrapper, entries)
     }
 
     // MARK: - Materialising a strided view
