@@ -27,7 +27,7 @@ extension Inspection {
             out.append("ops: " + ops.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
         }
         if !entries.isEmpty {
-            out.append("entries: " + entries.map { "\($0.key) (\($0.type)\($0.tensors > 0 ? ", \($0.tensors) tensors" : ""))" }.joined(separator: ", "))
+            out.append("entries: " + entries.map { "\($0.key) (\($0.type)\($0.tensors > 0 ? ", \(plural($0.tensors, "tensor"))" : ""))" }.joined(separator: ", "))
         }
         if !placeholders.isEmpty {
             out.append("placeholders: " + placeholders.joined(separator: ", ") + " (kept as inert data: never imported or called)")
@@ -44,7 +44,7 @@ extension Inspection {
             // Grouped by top-level entry when the file wraps its tensors.
             if !entries.isEmpty, let g = r.container.first ?? Optional(r.key), g != group {
                 group = g
-                out.append("[\(g)] \(rows.filter { ($0.container.first ?? $0.key) == g }.count) tensors")
+                out.append("[\(g)] " + plural(rows.filter { ($0.container.first ?? $0.key) == g }.count, "tensor"))
             }
             let shape = "[" + r.shape.map(String.init).joined(separator: ", ") + "]"
             out.append(r.name.padding(toLength: w, withPad: " ", startingAt: 0) + "  " + r.dtype.rawValue.padding(toLength: 4, withPad: " ", startingAt: 0)
@@ -69,3 +69,5 @@ extension Verification {
         return out.joined(separator: "\n")
     }
 }
+
+func plural(_ n: Int, _ word: String) -> String { "\(n) \(word)\(n == 1 ? "" : "s")" }

@@ -15,6 +15,8 @@ public enum TensorFile {
         if starts(LCW.magic) { return .lcw }
         if starts([0x50, 0x4B, 0x03, 0x04]) || starts([0x50, 0x4B, 0x05, 0x06]) { return .torchZip }
         if b.count >= 2, b[0] == 0x80, (2...5).contains(b[1]) { return .torchLegacy }
+        // torch.save(..., pickle_protocol=0 or 1): the magic number as a text LONG ('L1950a86...').
+        if b.count >= 2, b[0] == UInt8(ascii: "L"), (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(b[1]) { return .torchLegacy }
         if b.count >= 10, b.le64(0) < UInt64(b.count), b[8] == UInt8(ascii: "{") { return .safetensors }
         // ONNX has no magic: a ModelProto starts with field 1 (ir_version) as a varint, tag 0x08.
         if b.first == 0x08 { return .onnx }

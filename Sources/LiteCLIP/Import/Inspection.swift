@@ -74,12 +74,25 @@ public struct Inspection: Encodable {
         } else if kind == .onnx {
             let m = try ONNXReader.read(source)
             ckpt = m.checkpoint()
-            // Weights some exporters keep in Constant nodes instead of initializers.
-            for n in m.nodes where n.opType == "Constant" && n.domain.isEmpty {
-                guard case .tensor(let t)? = n.attributes["value"], let out = n.outputs.first, !out.isEmpty else { continue }
-                ckpt.tensors.append(Checkpoint.Tensor(name: out, dtype: t.dtype, shape: t.shape, origin: "Constant node '\(n.name)'") { try t.load() })
-                constantNodes[out] = n.name
+            // Weights some exporters keep in Constant nodes instead of initializers, also inside
+            // the subgraphs of If / Loop / Scan nodes (depth-first, in node order).
+            func constants(_ nodes: [ONNXNode]) {
+                for n in nodes {
+                    if n.opType == "Constant", n.domain.isEmpty, case .tensor(let t)? = n.attributes["value"],
+                       let out = n.outputs.first, !out.isEmpty {
+                        ckpt.tensors.append(Checkpoint.Tensor(name: out, dtype: t.dtype, shape: t.shape, origin: "Constant node '\(n.name)'") { try t.load() })
+                        constantNodes[out] = n.name
+                    }
+                    for (_, a) in n.attributes.sorted(by: { $0.key < $1.key }) {
+                        switch a {
+                        case .graph(let g): constants(g.nodes)
+                        case .graphs(let gs): for g in gs { constants(g.nodes) }
+                        default: break
+                        }
+                    }
+                }
             }
+            constants(m.nodes)
             var ops: [String: Int] = [:]
             for n in m.nodes { ops[n.domain.isEmpty ? n.opType : "\(n.domain).\(n.opType)", default: 0] += 1 }
             func io(_ v: [ONNXValueInfo]) -> [ONNXGraph.Value] {

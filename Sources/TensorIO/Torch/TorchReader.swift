@@ -70,6 +70,7 @@ public enum TorchReader {
         meta["storage_locations"] = Set(machine.storages.values.map(\.location)).sorted().joined(separator: ",")
         var ckpt = Checkpoint(file: file, format: .torchZip, wrapper: wrapper, tensors: tensors, metadata: meta, source: source)
         ckpt.entries = entries
+        ckpt.placeholders = machine.placeholderNames.sorted()
         return ckpt
     }
 
@@ -91,7 +92,10 @@ public enum TorchReader {
         }
         let (magic, _) = try nextPickle("magic number")
         guard case .bigInt(let mb) = magic, mb == legacyMagic else {
-            throw ReadError(.badLegacyHeader, file: file, place: "byte 0", "legacy magic number missing")
+            // A whole pickle that is not the magic number: pickle.dump output, not torch.save's.
+            throw ReadError(.notACheckpoint, file: file, place: "byte 0",
+                            "a plain Python pickle (a \(magic.typeName), as pickle.dump writes), not a torch.save checkpoint: "
+                            + "it does not start with PyTorch's magic number")
         }
         let (proto, _) = try nextPickle("protocol version")
         guard case .int(1001) = proto else {
@@ -151,6 +155,7 @@ public enum TorchReader {
         meta["storage_locations"] = Set(machine.storages.values.map(\.location)).sorted().joined(separator: ",")
         var ckpt = Checkpoint(file: file, format: .torchLegacy, wrapper: wrapper, tensors: tensors, metadata: meta, source: source)
         ckpt.entries = entries
+        ckpt.placeholders = machine.placeholderNames.sorted()
         return ckpt
     }
 
@@ -191,6 +196,16 @@ public enum TorchReader {
             case .tuple(let items):
                 let here = name.map { path + [$0] } ?? path
                 for (i, item) in items.enumerated() { walk(item, here, as: String(i)) }
+            case .object(let ref):
+                // An inert placeholder (a config object, a dataclass): what it was filled with,
+                // its state's keys read like attribute names. Back-references are not followed.
+                guard let o = ref.object else { break }
+                let here = name.map { path + [$0] } ?? path
+                for e in o.dictItems { walk(e.value, here, as: key(e.key)) }
+                for (i, item) in o.listItems.enumerated() { walk(item, here, as: String(i)) }
+                if let st = o.state {
+                    if case .dict = st { walk(st, here, as: nil) } else { walk(st, here, as: "state") }
+                }
             default:
                 break
             }
