@@ -45,9 +45,32 @@ public final class AtomicFile {
             left -= n
             bytesWritten += n
         }
+        // Start writing back what is complete, without waiting: the disk works while we go on,
+        // and `commit`'s fsync only waits for the tail.
+        if bytesWritten - writebackStart >= Self.writebackChunk {
+            // POSIX_FADV_DONTNEED starts asynchronous writeback of the range's dirty pages on
+            // Linux (sync_file_range is not exported to Swift).
+            _ = posix_fadvise(fd, off_t(writebackStart), off_t(bytesWritten - writebackStart), POSIX_FADV_DONTNEED)
+            writebackStart = bytesWritten
+        }
     }
 
+    /// Bytes handed to the kernel for writeback at a time (see `write`).
+    static let writebackChunk = 16 << 20
+    private var writebackStart = 0
+
     public func write(_ bytes: [UInt8]) throws { try bytes.withUnsafeBytes { try write($0) } }
+
+    /// Replaces bytes already written at `offset` (a field filled in once the data is out).
+    public func overwrite(at offset: Int, _ bytes: [UInt8]) throws {
+        guard offset >= 0, offset + bytes.count <= bytesWritten else {
+            throw ReadError(.writeFailed, file: path, place: "byte \(offset)", "overwrite past the bytes written")
+        }
+        let n = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, off_t(offset)) }
+        guard n == bytes.count else {
+            throw ReadError(.writeFailed, file: path, place: "byte \(offset)", "write failed: \(String(cString: strerror(errno)))")
+        }
+    }
 
     public func writeZeros(_ count: Int) throws {
         if count > 0 { try write([UInt8](repeating: 0, count: count)) }

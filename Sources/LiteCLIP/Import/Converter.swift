@@ -75,9 +75,19 @@ public enum Converter {
     /// The conversion proper, on an opened checkpoint (tests inject failing tensors here).
     static func convert(_ ckpt: Checkpoint, source: ByteSource, input: String, output: String, options: Options,
                         partial: Partial? = nil, progress: ((Int, Int) -> Void)?) throws -> Report {
-        let p = try prepare(ckpt, source: source, input: input, options: options, partial: partial)
-        let (mapping, meta, outTensors) = (p.mapping, p.metadata, p.tensors)
-        let fileBytes = try LCWWriter.write(to: output, tensors: outTensors, metadata: meta, progress: progress)
+        // The source's SHA-256 (recorded in the metadata) is computed on the other core while the
+        // tensors are written, and filled into the header before the file is committed.
+        let pending = String(repeating: "?", count: 64)
+        let p = try prepare(ckpt, source: source, input: input, options: options, partial: partial, sourceSHA: pending)
+        let hash = BackgroundValue { source.sha256() }
+        // Never return (or exit) while the hashing thread runs: libcrypto's exit handler would
+        // free its state under it.
+        defer { _ = hash.wait() }
+        let (mapping, outTensors) = (p.mapping, p.tensors)
+        var meta = p.metadata
+        let fileBytes = try LCWWriter.write(to: output, tensors: outTensors, metadata: meta, late: ["\"" + pending + "\"": { "\"" + hash.wait() + "\"" }],
+                                            progress: progress)
+        meta.source.sha256 = hash.wait()
         var report = Report(input: input, output: output, format: ckpt.format, wrapper: mapping.wrapper, keyPrefix: mapping.keyPrefix,
                       sourceSHA256: meta.source.sha256, sourceBytes: source.count, tokenizerFile: p.tokenizerFile,
                       textConfigFile: p.textConfigFile, config: mapping.config, tensorCount: outTensors.count,
@@ -110,7 +120,7 @@ public enum Converter {
     }
 
     static func prepare(_ ckpt: Checkpoint, source: ByteSource, input: String, options: Options,
-                        partial: Partial? = nil) throws -> Prepared {
+                        partial: Partial? = nil, sourceSHA: String? = nil) throws -> Prepared {
         guard ckpt.format != .lcw else {
             throw ModelError(.badConfig, file: input, "input is already an .lcw file")
         }
@@ -169,7 +179,7 @@ public enum Converter {
                 DTypeConversion.convert(try t.load(), from: t.dtype, to: to)
             }
         }
-        let sourceSHA = source.sha256()
+        let sourceSHA = sourceSHA ?? source.sha256()
         let meta = LCWMetadata(
             model: mapping.config, tokenizer: tokenizer, preprocess: .seed,
             source: .init(file: (input as NSString).lastPathComponent, sha256: sourceSHA,
@@ -190,5 +200,30 @@ public enum Converter {
         case let .dataCorrupted(ctx): return "malformed JSON\(path(ctx.codingPath)): \(ctx.debugDescription)"
         @unknown default: return "\(e)"
         }
+    }
+}
+
+/// A value computed on another thread; `wait()` blocks until it is ready.
+final class BackgroundValue<T>: @unchecked Sendable {
+    private var value: T?
+    private let done = DispatchSemaphore(value: 0)
+    private let lock = NSLock()
+
+    init(_ compute: @escaping @Sendable () -> T) {
+        Thread.detachNewThread { [self] in
+            let v = compute()
+            lock.lock(); value = v; lock.unlock()
+            done.signal()
+        }
+    }
+
+    func wait() -> T {
+        lock.lock()
+        if let v = value { lock.unlock(); return v }
+        lock.unlock()
+        done.wait()
+        done.signal()     // later callers return at once
+        lock.lock(); defer { lock.unlock() }
+        return value!
     }
 }

@@ -11,7 +11,11 @@ public enum LCWWriter {
     ///   - progress: called after each tensor with (bytes written so far, total data bytes).
     /// - Returns: the number of bytes in the finished file.
     @discardableResult
+    ///   - late: metadata strings known only after the data is written (a hash computed
+    ///     meanwhile): each placeholder, which must occur once in the header, is replaced in place
+    ///     by its producer's result of the same length before the file is committed.
     public static func write<Metadata: Encodable>(to path: String, tensors: [Checkpoint.Tensor], metadata: Metadata,
+                                                  late: [String: () throws -> String] = [:],
                                                   progress: ((Int, Int) -> Void)? = nil) throws -> Int {
         var entries: [Entry] = []
         var offset = 0
@@ -34,6 +38,22 @@ public enum LCWWriter {
         }
         guard header.count <= LCW.maxHeaderBytes else { throw ReadError(.limitExceeded, file: path, "header of \(header.count) bytes exceeds the cap") }
 
+        var patches: [(offset: Int, placeholder: String, value: () throws -> String)] = []
+        for (placeholder, value) in late {
+            let needle = Array(placeholder.utf8)
+            var hits: [Int] = []
+            header.withUnsafeBytes { h in
+                needle.withUnsafeBytes { n in
+                    guard h.count >= n.count, let first = n.first else { return }
+                    for i in 0...(h.count - n.count) where h[i] == first && memcmp(h.baseAddress! + i, n.baseAddress!, n.count) == 0 {
+                        hits.append(i)
+                    }
+                }
+            }
+            guard hits.count == 1 else { throw ReadError(.writeFailed, file: path, "late metadata placeholder found \(hits.count) times") }
+            patches.append((LCW.fixedHeaderSize + hits[0], placeholder, value))
+        }
+
         let out = try AtomicFile(path: path)
         do {
             var pre = LCW.magic
@@ -53,6 +73,11 @@ public enum LCWWriter {
                 bytes.releasePages()   // streamed: keep resident memory to about one tensor
                 try out.writeZeros(dataStart + LCW.align(out.bytesWritten - dataStart) - out.bytesWritten)
                 progress?(out.bytesWritten - dataStart, dataLength)
+            }
+            for p in patches {
+                let v = Array(try p.value().utf8)
+                guard v.count == p.placeholder.utf8.count else { throw ReadError(.writeFailed, file: path, "late metadata of the wrong length") }
+                try out.overwrite(at: p.offset, v)
             }
             try out.commit()
             return out.bytesWritten
