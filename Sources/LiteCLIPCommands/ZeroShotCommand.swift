@@ -121,7 +121,7 @@ struct ZeroShotCommand: ParsableCommand {
 
     func csvText(_ results: [ZeroShotReport], k: Int) -> String {
         var header = ["image"]
-        for i in 1...k { header += ["label_\(i)", "probability_\(i)", "logit_\(i)"] }
+        for i in 1...max(1, min(k, results.first?.ranking.count ?? k)) { header += ["label_\(i)", "probability_\(i)", "logit_\(i)"] }
         var rows = [header.joined(separator: ",")]
         for r in results {
             var row = [CSV.field(r.image)]

@@ -152,8 +152,9 @@ enum TempRegistry {
     static func remove(_ slot: Int) {
         guard slot >= 0 else { return }
         lock.lock(); defer { lock.unlock() }
-        free(paths[slot])
-        paths[slot] = nil
+        let p = paths[slot]
+        paths[slot] = nil          // first: a signal arriving now must not unlink a freed pointer
+        free(p)
     }
 
     static func unlinkAll() {

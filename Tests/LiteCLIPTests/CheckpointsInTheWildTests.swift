@@ -105,4 +105,25 @@ final class CheckpointsInTheWildTests: XCTestCase {
             XCTAssertTrue("\(error)".contains("a plain Python pickle (a dict, as pickle.dump writes), not a torch.save checkpoint"), "\(error)")
         }
     }
+
+    /// Shared references (memo GETs) can make a small pickle a huge tree: the walk is capped.
+    func testASharedReferenceBombIsRefused() throws {
+        var p = PickleBuilder()
+        p.op(0x80, 2)
+        p.op(0x42); p.bytes += le32(1 << 20) + [UInt8](repeating: 0, count: 1 << 20); p.op(0x30)   // BINBYTES 1 MiB, POP: raises the machine's size cap
+        p.emptyDict(); p.str("a")
+        p.tensor("FloatStorage", key: "0", numel: 6, offset: 0, size: [2, 3], stride: [3, 1])
+        p.op(0x71, 0); p.op(0x30)                                        // BINPUT 0, POP
+        for level in 0..<23 {                                            // 2^23 tensors by reference
+            p.op(0x68, UInt8(level)); p.op(0x68, UInt8(level)); p.op(0x86); p.op(0x71, UInt8(level + 1))
+            if level < 22 { p.op(0x30) }                                 // keep only the last level on the stack
+        }
+        p.op(0x73); p.stop()
+        let bytes = torchZip(pickle: p.bytes).build()
+        let start = Date()
+        XCTAssertThrowsError(try TensorFile.read(source(bytes, "bomb.pt"))) { e in
+            XCTAssertTrue([.limitExceeded].contains((e as? ReadError)?.code), "\(e)")
+        }
+        XCTAssertLessThan(Date().timeIntervalSince(start), 20, "refused without expanding the whole tree")
+    }
 }

@@ -46,15 +46,16 @@ public struct CheckpointMapping {
     public static func locate(_ ckpt: Checkpoint) throws -> Location {
         for anchor in anchors {
             var found: [Location] = []
+            var known = Set<[String]>()
             for t in ckpt.tensors {
                 let k = t.key
                 let p: String
                 if k == anchor { p = "" } else if k.hasSuffix("." + anchor) { p = String(k.dropLast(anchor.count)) } else { continue }
-                let l = Location(container: t.container, prefix: p)
-                if !found.contains(l) { found.append(l) }
+                if known.insert(t.container + [p]).inserted { found.append(Location(container: t.container, prefix: p)) }
             }
             if var first = found.first {
-                first.others = found.dropFirst().map { ($0.container + [$0.prefix + anchor]).joined(separator: ".") }
+                first.others = found.dropFirst().prefix(5).map { ($0.container + [$0.prefix + anchor]).joined(separator: ".") }
+                if found.count > 6 { first.others.append("... and \(found.count - 6) more") }
                 return first
             }
         }
@@ -74,11 +75,12 @@ public struct CheckpointMapping {
         let prefix = location.prefix
         var byName: [String: Checkpoint.Tensor] = [:]
         var unexpected: [Checkpoint.Tensor] = []
-        var elsewhere: [(String, Int)] = []
+        var elsewhereOrder: [String] = [], elsewhereCount: [String: Int] = [:]
         for t in ckpt.tensors {
             guard t.container == location.container else {
                 let c = t.container.isEmpty ? "the top level" : "'" + t.container.joined(separator: ".") + "'"
-                if let i = elsewhere.firstIndex(where: { $0.0 == c }) { elsewhere[i].1 += 1 } else { elsewhere.append((c, 1)) }
+                if elsewhereCount[c] == nil { elsewhereOrder.append(c) }
+                elsewhereCount[c, default: 0] += 1
                 continue
             }
             let k = t.key
@@ -103,7 +105,7 @@ public struct CheckpointMapping {
         self.keyPrefix = prefix
         self.wrapper = location.wrapper
         self.ignored = placed.ignored
-        self.elsewhere = elsewhere.map { "\($0.0) (\($0.1) tensor\($0.1 == 1 ? "" : "s"))" }
+        self.elsewhere = elsewhereOrder.map { c in "\(c) (\(elsewhereCount[c]!) tensor\(elsewhereCount[c]! == 1 ? "" : "s"))" }
             + location.others.map { "\($0) (another copy of the weights; not used)" }
     }
 

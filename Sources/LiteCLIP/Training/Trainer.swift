@@ -382,7 +382,7 @@ public final class Trainer {
         var meta = file.metadata
         meta.source.trainedFrom = TrainingInfo(model: (modelPath as NSString).lastPathComponent, steps: globalStep, epochs: epochs,
                                                optimizer: options.optimizer.kind.rawValue, lr: options.optimizer.lr,
-                                               freeze: options.freeze?.rawValue, bestValidationLoss: bestLoss.map(Double.init))
+                                               freeze: options.freeze?.rawValue, bestValidationLoss: bestLoss.flatMap(Self.finite))
         _ = try LCWWriter.write(to: path, tensors: modelTensors(weights), metadata: meta)
     }
 
@@ -408,8 +408,8 @@ public final class Trainer {
         }
         let state = CheckpointMetadata.State(
             epoch: epoch, globalStep: globalStep, optimizerStep: step,
-            rng: rng.state.map { String($0) }, best: best.map { Double($0) },
-            sinceBest: sinceBest, trainLosses: trainLosses.map(Double.init), valLosses: valLosses.map(Double.init),
+            rng: rng.state.map { String($0) }, best: best.flatMap(Self.finite),
+            sinceBest: sinceBest, trainLosses: trainLosses.map(Self.finite), valLosses: valLosses.map(Self.finite),
             skipped: decodeSkipped, epochProgress: epochProgress,
             settings: settingsJSON())
         let meta = CheckpointMetadata(model: file.metadata, training: state)
@@ -490,8 +490,9 @@ public final class Trainer {
         progress = epochProgress
         best = (st["best"] as? Double).map(Float.init)
         sinceBest = st["since_best"] as? Int ?? 0
-        trainLosses = (st["train_losses"] as? [Double] ?? []).map(Float.init)
-        valLosses = (st["val_losses"] as? [Double] ?? []).map(Float.init)
+        // null (a non-finite loss when saved) reads back as NaN.
+        trainLosses = (st["train_losses"] as? [Any] ?? []).map { ($0 as? Double).map(Float.init) ?? .nan }
+        valLosses = (st["val_losses"] as? [Any] ?? []).map { ($0 as? Double).map(Float.init) ?? .nan }
         decodeSkipped = st["skipped"] as? Int ?? 0
         if best != nil {
             var bw: [String: [Float]] = [:]
@@ -502,6 +503,9 @@ public final class Trainer {
 
     /// Epochs the resumed checkpoint had completed (0 without `resume`).
     public var resumedEpoch: Int { epoch }
+
+    /// A loss for JSON: nil when it is not finite.
+    static func finite(_ x: Float) -> Double? { x.isFinite ? Double(x) : nil }
     /// Batches of the next epoch the resumed checkpoint had already done (0 at an epoch's end):
     /// the run continues with batch `resumedStep + 1` of epoch `resumedEpoch + 1`.
     public var resumedStep: Int { progress?.step ?? 0 }
@@ -521,7 +525,8 @@ struct CheckpointMetadata: Encodable {
         var rng: [String]
         var best: Double?
         var sinceBest: Int
-        var trainLosses, valLosses: [Double]
+        /// nil for a non-finite loss (JSON has no NaN): a diverged run still saves.
+        var trainLosses, valLosses: [Double?]
         var skipped: Int
         var epochProgress: EpochProgress?
         var settings: [String: String]

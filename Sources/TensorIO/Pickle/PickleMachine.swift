@@ -593,7 +593,7 @@ public struct PickleMachine {
                 try checkNesting(d, at: opAt)
                 o.size = try grow(try grow(o.size, size(k), at: opAt), size(v), at: opAt)
                 o.depth = max(o.depth, d)
-                Self.insert(&o.dictItems, try place(k.value), try place(v.value))
+                Self.insert(&o.dictItems, &o.dictIndex, try place(k.value), try place(v.value))
                 i += 2
             }
             filled(o)
@@ -613,16 +613,21 @@ public struct PickleMachine {
             try checkNesting(d, at: opAt)
             dict.size = try grow(try grow(dict.size, size(k), at: opAt), size(v), at: opAt)
             dict.depth = max(dict.depth, d)
-            Self.insert(&dict.entries, try place(k.value), try place(v.value))
+            Self.insert(&dict.entries, &dict.keyIndex, try place(k.value), try place(v.value))
             i += 2
         }
     }
 
     /// Python semantics: a repeated key (same type and text) overwrites.
-    private static func insert(_ entries: inout [(key: PyValue, value: PyValue)], _ k: PyValue, _ v: PyValue) {
-        if let kt = k.keyText, let idx = entries.firstIndex(where: { $0.key.keyText == kt && $0.key.typeName == k.typeName }) {
+    /// Sets `k` to `v` as Python would (a later value replaces an earlier one for the same
+    /// str/int key), through `index` (key -> position) so that filling a dict stays linear.
+    private static func insert(_ entries: inout [(key: PyValue, value: PyValue)], _ index: inout [String: Int], _ k: PyValue, _ v: PyValue) {
+        guard let kt = k.keyText else { entries.append((k, v)); return }
+        let id = k.typeName + "\u{0}" + kt
+        if let idx = index[id] {
             entries[idx].value = v
         } else {
+            index[id] = entries.count
             entries.append((k, v))
         }
     }
@@ -866,7 +871,7 @@ public struct PickleMachine {
                     default: kv = []
                     }
                     guard kv.count == 2 else { throw fail(.malformedPickle, "OrderedDict item is not a (key, value) pair", at: at) }
-                    Self.insert(&d.entries, kv[0], kv[1])   // already placed inside the argument
+                    Self.insert(&d.entries, &d.keyIndex, kv[0], kv[1])   // already placed inside the argument
                 }
                 // The argument tuple holds a list (or tuple) of pairs around each key and value.
                 d.depth = max(1, argsDepth - 2)

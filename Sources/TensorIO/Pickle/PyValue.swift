@@ -70,6 +70,8 @@ public final class PyDict {
     public let isOrdered: Bool
     /// The state BUILD gave an OrderedDict (a state dict's `_metadata`); kept, never interpreted.
     public var buildState: PyValue?
+    /// Position of each str/int key in `entries`, while the pickle fills the dict.
+    var keyIndex: [String: Int] = [:]
     var depth = 1
     var size = 1
     /// Set once the dict is placed inside another value (see `PyList.frozen`).
@@ -112,6 +114,7 @@ public final class PyObject {
     public internal(set) var listItems: [PyValue] = []
     /// What SETITEM(S) gave it (a dict subclass's items, e.g. Lightning's `AttributeDict`).
     public internal(set) var dictItems: [(key: PyValue, value: PyValue)] = []
+    var dictIndex: [String: Int] = [:]
     var depth: Int
     var size: Int
 

@@ -161,6 +161,10 @@ public enum TorchReader {
 
     // MARK: - Finding the tensors
 
+    /// Containers and tensors one file's object tree may hold (a large real checkpoint has a
+    /// few hundred thousand).
+    static let maxWalkVisits = 4_000_000
+
     /// A tensor found in the object tree: the containers' keys leading to it, and its own key.
     struct Found {
         let container: [String]
@@ -174,6 +178,11 @@ public enum TorchReader {
     /// caller picks the weights it wants by what they are, not by a list of key names).
     static func findTensors(_ top: PyValue, file: String) throws -> (found: [Found], wrapper: String?, entries: [Checkpoint.Entry]) {
         var found: [Found] = []
+        // Shared containers (memo references) can make a small pickle a huge tree: visits are
+        // capped, and a container object met again is not walked again.
+        var visits = 0
+        var seen = Set<ObjectIdentifier>()
+        var tooBig = false
         func key(_ k: PyValue) -> String {
             switch k {
             case .string(let s): return s
@@ -183,14 +192,23 @@ public enum TorchReader {
             }
         }
         func walk(_ v: PyValue, _ path: [String], as name: String?) {
+            guard !tooBig else { return }
+            switch v {
+            case .tensor, .dict, .list, .tuple, .object:
+                visits += 1
+                if visits > maxWalkVisits { tooBig = true; return }
+            default: return
+            }
             switch v {
             case .tensor(let t):
                 if let name { found.append(Found(container: path, key: name, ref: t)) }
                 else { found.append(Found(container: [], key: "tensor", ref: t)) }
             case .dict(let d):
+                guard seen.insert(ObjectIdentifier(d)).inserted else { return }
                 let here = name.map { path + [$0] } ?? path
                 for e in d.entries { walk(e.value, here, as: key(e.key)) }
             case .list(let l):
+                guard seen.insert(ObjectIdentifier(l)).inserted else { return }
                 let here = name.map { path + [$0] } ?? path
                 for (i, item) in l.items.enumerated() { walk(item, here, as: String(i)) }
             case .tuple(let items):
@@ -199,7 +217,7 @@ public enum TorchReader {
             case .object(let ref):
                 // An inert placeholder (a config object, a dataclass): what it was filled with,
                 // its state's keys read like attribute names. Back-references are not followed.
-                guard let o = ref.object else { break }
+                guard let o = ref.object, seen.insert(ObjectIdentifier(o)).inserted else { break }
                 let here = name.map { path + [$0] } ?? path
                 for e in o.dictItems { walk(e.value, here, as: key(e.key)) }
                 for (i, item) in o.listItems.enumerated() { walk(item, here, as: String(i)) }
@@ -211,6 +229,9 @@ public enum TorchReader {
             }
         }
         walk(top, [], as: nil)
+        guard !tooBig else {
+            throw ReadError(.limitExceeded, file: file, "the object tree has more than \(maxWalkVisits) containers and tensors (shared references expand it)")
+        }
         guard !found.isEmpty else {
             var what = "the file holds a \(top.typeName) without any tensor"
             if case .dict(let d) = top {
@@ -219,11 +240,15 @@ public enum TorchReader {
             throw ReadError(.noStateDict, file: file, what)
         }
         // Where they are, in words, and the top-level entries of a wrapped file.
-        var counts: [(String, Int)] = []
+        var order: [String] = [], byContainer: [String: Int] = [:]
+        var byEntry: [String: Int] = [:]
         for f in found {
             let c = f.container.joined(separator: ".")
-            if let i = counts.firstIndex(where: { $0.0 == c }) { counts[i].1 += 1 } else { counts.append((c, 1)) }
+            if byContainer[c] == nil { order.append(c) }
+            byContainer[c, default: 0] += 1
+            byEntry[f.container.first ?? f.key, default: 0] += 1
         }
+        let counts = order.map { ($0, byContainer[$0]!) }
         let wrapper: String?
         if counts.count == 1 {
             wrapper = counts[0].0.isEmpty ? nil : "nested under key '\(counts[0].0)'"
@@ -234,8 +259,7 @@ public enum TorchReader {
         if case .dict(let d) = top, found.contains(where: { !$0.container.isEmpty }) {
             for e in d.entries {
                 let k = key(e.key)
-                entries.append(.init(key: k, type: e.value.typeName,
-                                     tensors: found.filter { $0.container.first == k || ($0.container.isEmpty && $0.key == k) }.count))
+                entries.append(.init(key: k, type: e.value.typeName, tensors: byEntry[k] ?? 0))
             }
         }
         return (found, wrapper, entries)
