@@ -112,11 +112,9 @@ import Foundation
         try run(TrainableModel(path: modelPath), batch: batch, steps: steps)
     }
 
-    public static func run(_ loaded: ModelSource.Loaded, file: String, batch: Int, steps: Int) throws -> Result {
-        try run(TrainableModel(loaded, file: file), batch: batch, steps: steps)
-    }
-
-    static func run(_ model: TrainableModel, batch: Int, steps: Int) throws -> Result {
+    /// On a trainable copy already made (the source it was copied from can be closed first, so
+    /// that its mapped pages do not count in the peak memory).
+    public static func run(_ model: TrainableModel, batch: Int, steps: Int) throws -> Result {
         let grads = model.makeGradients()
         let opt = AdamOptimizer(settings: .init(kind: .adam), gradients: grads)
         let pixels = InferenceBenchmark.pixels(batch: batch)

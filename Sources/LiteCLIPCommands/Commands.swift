@@ -111,9 +111,10 @@ struct Bench: ParsableCommand {
 
     func run() throws {
         let console = Console(command: "liteclip bench", quiet: output.quiet)
-        let loaded = try modelOptions.open(model, console)
         if let b = trainBatch {
-            let r = try TrainBenchmark.run(loaded, file: model, batch: b, steps: reps)
+            // The copy is made from a file released right after: its mapped pages stay out of the peak.
+            let trainable = try TrainableModel(modelOptions.open(model, console), file: model)
+            let r = try TrainBenchmark.run(trainable, batch: b, steps: reps)
             if output.json {
                 try console.json(Figure(name: "train step, batch \(b)", seconds: r.seconds, peakRSSBytes: r.peakRSSBytes), pretty: false)
             } else {
@@ -121,7 +122,7 @@ struct Bench: ParsableCommand {
             }
             return
         }
-        let m = try InferenceBenchmark.load(loaded, file: model, fused: !noFused)
+        let m = try InferenceBenchmark.load(modelOptions.open(model, console), file: model, fused: !noFused)
         for r in InferenceBenchmark.run(model: m, reps: reps) {
             if output.json {
                 try console.json(Figure(name: r.name, seconds: r.seconds, gflop: r.gflop, gflops: r.gflops), pretty: false)
