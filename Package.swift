@@ -37,9 +37,11 @@ let package = Package(
         // protobuf-c code generated from ONNX's onnx.proto (formats/onnx.md), linked against
         // Debian's libprotobuf-c (libprotobuf-c-dev).
         .target(name: "CONNX", path: "Sources/CONNX", linkerSettings: [.linkedLibrary("protobuf-c")]),
+        // Two Linux calls glibc declares only under _GNU_SOURCE (copy_file_range, sync_file_range).
+        .target(name: "CSystem", path: "Sources/CSystem"),
         // Readers and writers of every tensor container we support (.pt zip and legacy,
         // safetensors, .lcw). Knows nothing about liteCLIP.
-        .target(name: "TensorIO", dependencies: ["CZip", "CONNX", "CCrypto", "CZlib"]),
+        .target(name: "TensorIO", dependencies: ["CZip", "CONNX", "CCrypto", "CZlib", "CSystem"]),
         // The liteCLIP model: config, parameter set, mapping a checkpoint onto it, conversion,
         // tokenizer, image pipeline, and the native forward pass.
         .target(name: "LiteCLIP", dependencies: ["TensorIO", "CBLAS", "CTurboJPEG", "CPNG", "CWebP"]),

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Foundation
 import Synchronization
+import CSystem
 
 /// SIGINT/SIGTERM received since `installGracefulInterrupt()`.
 let interruptCount = Atomic<Int>(0)
@@ -45,12 +46,39 @@ public final class AtomicFile {
             left -= n
             bytesWritten += n
         }
-        // Start writing back what is complete, without waiting: the disk works while we go on,
-        // and `commit`'s fsync only waits for the tail.
+        startWriteback()
+    }
+
+    /// Appends `count` bytes of the file open as `source` from `offset`, copied inside the kernel
+    /// (copy_file_range: no pages of either file pass through this process). Returns how many
+    /// bytes it copied: fewer than `count` when the kernel cannot copy between these two files
+    /// (another file system, a kernel without the call), and the caller writes the rest itself.
+    /// Throws on a real write failure (disk full, I/O error).
+    public func copy(from source: Int32, offset: Int, count: Int) throws -> Int {
+        var done = 0
+        while done < count {
+            let n = lc_copy_file_range(source, Int64(offset + done), fd, count - done)
+            if n < 0 {
+                switch errno {
+                case EINTR: continue
+                case EIO, ENOSPC, EDQUOT, EFBIG:
+                    throw ReadError(.writeFailed, file: path, place: "byte \(bytesWritten)", "write failed: \(String(cString: strerror(errno)))")
+                default: return done   // EXDEV, ENOSYS, EOPNOTSUPP, EINVAL...: not possible here
+                }
+            }
+            if n == 0 { return done }   // the source is shorter than it was: the caller's read says so
+            done += n
+            bytesWritten += n
+        }
+        startWriteback()
+        return done
+    }
+
+    /// Starts writing back what is complete, without waiting: the disk works while we go on,
+    /// and `commit`'s fsync only waits for the tail.
+    private func startWriteback() {
         if bytesWritten - writebackStart >= Self.writebackChunk {
-            // POSIX_FADV_DONTNEED starts asynchronous writeback of the range's dirty pages on
-            // Linux (sync_file_range is not exported to Swift).
-            _ = posix_fadvise(fd, off_t(writebackStart), off_t(bytesWritten - writebackStart), POSIX_FADV_DONTNEED)
+            _ = lc_start_writeback(fd, Int64(writebackStart), Int64(bytesWritten - writebackStart))
             writebackStart = bytesWritten
         }
     }

@@ -15,6 +15,9 @@ public final class ByteSource: @unchecked Sendable {
     private let unmap: (() -> Void)?
     /// True for a file mapping (whose pages the kernel can drop and re-read), false for heap bytes.
     public let isMapped: Bool
+    /// The mapped file, kept open for copies made inside the kernel (`TensorBytes.fileRange`);
+    /// -1 for heap bytes.
+    public let descriptor: Int32
 
     /// Maps `path` read-only. The size is taken with fstat at open; an empty file maps to an
     /// empty buffer.
@@ -24,32 +27,38 @@ public final class ByteSource: @unchecked Sendable {
         guard fd >= 0 else {
             throw ReadError(.ioError, file: path, "cannot open: \(String(cString: strerror(errno)))")
         }
-        defer { close(fd) }
         var st = stat()
         guard fstat(fd, &st) == 0 else {
+            close(fd)
             throw ReadError(.ioError, file: path, "cannot stat: \(String(cString: strerror(errno)))")
         }
         guard (st.st_mode & S_IFMT) == S_IFREG else {
+            close(fd)
             throw ReadError(.ioError, file: path, "not a regular file")
         }
         let size = Int(st.st_size)
         isMapped = size > 0
         if size == 0 {
+            close(fd)
+            descriptor = -1
             bytes = UnsafeRawBufferPointer(start: nil, count: 0)
             unmap = nil
             return
         }
         guard let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), p != MAP_FAILED else {
+            close(fd)
             throw ReadError(.ioError, file: path, "cannot map: \(String(cString: strerror(errno)))")
         }
+        descriptor = fd
         bytes = UnsafeRawBufferPointer(start: p, count: size)
-        unmap = { munmap(p, size) }
+        unmap = { munmap(p, size); close(fd) }
     }
 
     /// A heap copy of `data`.
     public init(copying data: some Collection<UInt8>, name: String) {
         self.name = name
         isMapped = false
+        descriptor = -1
         let count = data.count
         let p = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, 1), alignment: 64)
         _ = p.initializeMemory(as: UInt8.self, from: data)
@@ -73,12 +82,17 @@ public final class ByteSource: @unchecked Sendable {
     }
 
     /// SHA-256 of the whole file, releasing each chunk's pages once hashed.
-    public func sha256() -> String {
+    public func sha256() -> String { sha256(stopIf: { false })! }
+
+    /// SHA-256 of the whole file as above, checking `stopIf` between 8 MiB chunks: nil once it
+    /// says stop (a hash started alongside work that failed early).
+    public func sha256(stopIf: () -> Bool) -> String? {
         withBytes { all in
             var h = SHA256()
             let chunk = 8 << 20
             var at = 0
             while at < all.count {
+                if stopIf() { return nil }
                 let part = UnsafeRawBufferPointer(rebasing: all[at..<min(at + chunk, all.count)])
                 h.update(part)
                 release(part)
@@ -145,6 +159,14 @@ public struct TensorBytes: @unchecked Sendable {
     }
 
     public var count: Int { buffer.count }
+
+    /// For a view into a mapped file: the open file and the bytes' offset in it, so a writer can
+    /// copy them inside the kernel. Valid while this value is alive. Nil for owned buffers.
+    public var fileRange: (descriptor: Int32, offset: Int)? {
+        guard isView, let source = owner as? ByteSource, source.descriptor >= 0,
+              let base = source.bytes.baseAddress, let p = buffer.baseAddress else { return nil }
+        return (source.descriptor, p - base)
+    }
 
     /// Calls `body` with the bytes, keeping their owner alive for the duration.
     public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {

@@ -75,6 +75,31 @@ final class TokenizerTests: XCTestCase {
         checkAllCases(BertTokenizer(spec: spec), "tokenizer.json")
     }
 
+    /// The hand-written encoding (tokens passed as strings) gives the synthesized decoder back
+    /// every field, with and without the optional one.
+    func testSpecEncodingRoundTrips() throws {
+        var spec = Self.vocabSpec
+        for strip in [nil, true, false] as [Bool?] {
+            spec.stripAccents = strip
+            spec.maxLength = 77
+            spec.maskToken = "[M]"
+            let back = try JSONDecoder().decode(TokenizerSpec.self, from: JSONCoding.encode(spec))
+            XCTAssertEqual(back, spec, "strip_accents \(String(describing: strip))")
+        }
+    }
+
+    /// vocab.txt lines end at "\n" only, as Hugging Face's `load_vocab` reads them: a "\r" before it
+    /// stays in the token; a missing final newline changes nothing.
+    func testVocabLinesSplitAtNewlineOnly() throws {
+        let dir = Fixtures.tempDir()
+        let specials = "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n"
+        try Data((specials + "caf\u{e9}\r\nb\n\nz").utf8).write(to: URL(fileURLWithPath: dir + "/vocab.txt"))
+        let spec = try TokenizerSpec.load(vocabTxt: dir + "/vocab.txt")
+        XCTAssertEqual(Array(spec.vocab.dropFirst(5)), ["caf\u{e9}\r", "b", "", "z"])
+        try Data([0x5B, 0x50, 0x41, 0x44, 0x5D, 0x0A, 0xFF, 0x0A]).write(to: URL(fileURLWithPath: dir + "/vocab.txt"))
+        XCTAssertThrowsError(try TokenizerSpec.load(vocabTxt: dir + "/vocab.txt")) { XCTAssertTrue("\($0)".contains("not UTF-8"), "\($0)") }
+    }
+
     func testSeedLabels() {
         let tok = Self.tokenizer
         XCTAssertEqual(tok.encode("a photo of a dog"), [101, 1037, 6302, 1997, 1037, 3899, 102])

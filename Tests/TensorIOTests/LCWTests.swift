@@ -119,6 +119,56 @@ final class LCWTests: XCTestCase {
         assertReadError(.badHeader, "missing offset") { try read(withHeader(good) { $0[1].removeValue(forKey: "offset") }) }
     }
 
+    /// Tensors that are views of a mapped file are copied by the kernel (copy_file_range): the
+    /// file is byte for byte the one written from owned buffers, and a copy cut short by the end
+    /// of its source returns what it copied so the writer finishes from memory.
+    func testKernelCopyEqualsWrite() throws {
+        let dir = Fixtures.tempDir()
+        let raw = (0..<10_000).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 3) }
+        try Data(raw).write(to: URL(fileURLWithPath: dir + "/src.bin"))
+        let src = try ByteSource(mapping: dir + "/src.bin")
+        XCTAssertGreaterThanOrEqual(src.descriptor, 0)
+        let parts = [(5, 4000), (4001, 3), (4100, 5900)]
+        let views = parts.enumerated().map { i, p in
+            Checkpoint.Tensor(name: "v\(i)", dtype: .u8, shape: [p.1], origin: "test") {
+                TensorBytes(viewOf: src, UnsafeRawBufferPointer(rebasing: src.bytes[p.0..<(p.0 + p.1)]))
+            }
+        }
+        let owned = parts.enumerated().map { i, p in
+            Checkpoint.Tensor(name: "v\(i)", dtype: .u8, shape: [p.1], origin: "test") { TensorBytes(owning: Array(raw[p.0..<(p.0 + p.1)])) }
+        }
+        XCTAssertEqual(try views[2].load().fileRange?.offset, 4100)
+        XCTAssertNil(try owned[2].load().fileRange)
+        try LCWWriter.write(to: dir + "/a.lcw", tensors: views, metadata: Meta())
+        try LCWWriter.write(to: dir + "/b.lcw", tensors: owned, metadata: Meta())
+        let a = try Data(contentsOf: URL(fileURLWithPath: dir + "/a.lcw"))
+        XCTAssertEqual(a, try Data(contentsOf: URL(fileURLWithPath: dir + "/b.lcw")))
+        XCTAssertEqual(try read(Array(a)).checkpoint.tensors.map { try $0.load().array }, parts.map { Array(raw[$0.0..<($0.0 + $0.1)]) })
+
+        let out = try AtomicFile(path: dir + "/c.bin")
+        XCTAssertEqual(try out.copy(from: src.descriptor, offset: 9_990, count: 30), 10, "stops at the source's end")
+        XCTAssertEqual(out.bytesWritten, 10)
+        try out.commit()
+        XCTAssertEqual(Array(try Data(contentsOf: URL(fileURLWithPath: dir + "/c.bin"))), Array(raw[9_990...]))
+    }
+
+    /// A mapped file keeps one descriptor open, closed with the mapping.
+    func testByteSourceClosesItsFile() throws {
+        let dir = Fixtures.tempDir()
+        try Data([1, 2, 3]).write(to: URL(fileURLWithPath: dir + "/x.bin"))
+        func open() -> Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1 }
+        let before = open()
+        do {
+            let s = try ByteSource(mapping: dir + "/x.bin")
+            XCTAssertEqual(open(), before + 1)
+            withExtendedLifetime(s) {}
+        }
+        XCTAssertEqual(open(), before)
+        try Data().write(to: URL(fileURLWithPath: dir + "/empty.bin"))
+        XCTAssertEqual(try ByteSource(mapping: dir + "/empty.bin").descriptor, -1)
+        XCTAssertEqual(open(), before)
+    }
+
     func testFailedWriteLeavesNothing() throws {
         struct Boom: Error {}
         let dir = Fixtures.tempDir()

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import TensorIO
 
 /// `liteclip-convert`: any supported checkpoint -> a self-contained liteCLIP `.lcw`.
@@ -52,17 +53,23 @@ public enum Converter {
             }
         }
         let source = try ByteSource(mapping: input)
+        // The source's SHA-256 (recorded in the metadata) is computed on the other core from the
+        // start, while the file is parsed and the tensors are written; an early failure stops it.
+        let hash = BackgroundValue { stop in source.sha256(stopIf: stop) }
+        // Never return (or exit) while the hashing thread runs: libcrypto's exit handler would
+        // free its state under it.
+        defer { hash.cancel(); _ = hash.wait() }
         if try TensorFile.detect(source) == .onnx {
             // ONNX: place the initializers back onto parameters by reading the graph.
             let mapped = try ONNXParameters.stateDict(from: ONNXReader.read(source), allowPartial: options.allowPartial)
             let partial = Partial(missing: mapped.missing, positions: mapped.partialPositions, tokenTypes: mapped.partialTokenTypes)
             var report = try convert(mapped.checkpoint, source: source, input: input, output: output, options: options,
-                                     partial: mapped.missing.isEmpty ? nil : partial, progress: progress)
+                                     partial: mapped.missing.isEmpty ? nil : partial, hash: hash, progress: progress)
             report.notes += mapped.placements.filter { $0.layout != .asIs }.map { "\($0.parameter) <- \($0.initializer) (\($0.layout.rawValue))" }
             if !mapped.constants.isEmpty { report.notes.append("\(mapped.constants.count) non-parameter initializers (graph constants) left out") }
             return report
         }
-        return try convert(TensorFile.read(source), source: source, input: input, output: output, options: options, progress: progress)
+        return try convert(TensorFile.read(source), source: source, input: input, output: output, options: options, hash: hash, progress: progress)
     }
 
     /// A source that holds only part of some parameters, and the sizes they were rebuilt with.
@@ -73,21 +80,20 @@ public enum Converter {
     }
 
     /// The conversion proper, on an opened checkpoint (tests inject failing tensors here).
+    /// - Parameter hash: the source's SHA-256 in the making (started here when not given); it is
+    ///   filled into the header before the file is committed.
     static func convert(_ ckpt: Checkpoint, source: ByteSource, input: String, output: String, options: Options,
-                        partial: Partial? = nil, progress: ((Int, Int) -> Void)?) throws -> Report {
-        // The source's SHA-256 (recorded in the metadata) is computed on the other core while the
-        // tensors are written, and filled into the header before the file is committed.
+                        partial: Partial? = nil, hash given: BackgroundValue<String?>? = nil,
+                        progress: ((Int, Int) -> Void)?) throws -> Report {
+        let hash = given ?? BackgroundValue { stop in source.sha256(stopIf: stop) }
+        defer { if given == nil { hash.cancel(); _ = hash.wait() } }
         let pending = String(repeating: "?", count: 64)
         let p = try prepare(ckpt, source: source, input: input, options: options, partial: partial, sourceSHA: pending)
-        let hash = BackgroundValue { source.sha256() }
-        // Never return (or exit) while the hashing thread runs: libcrypto's exit handler would
-        // free its state under it.
-        defer { _ = hash.wait() }
         let (mapping, outTensors) = (p.mapping, p.tensors)
         var meta = p.metadata
-        let fileBytes = try LCWWriter.write(to: output, tensors: outTensors, metadata: meta, late: ["\"" + pending + "\"": { "\"" + hash.wait() + "\"" }],
+        let fileBytes = try LCWWriter.write(to: output, tensors: outTensors, metadata: meta, late: ["\"" + pending + "\"": { "\"" + hash.wait()! + "\"" }],
                                             progress: progress)
-        meta.source.sha256 = hash.wait()
+        meta.source.sha256 = hash.wait()!
         var report = Report(input: input, output: output, format: ckpt.format, wrapper: mapping.wrapper, keyPrefix: mapping.keyPrefix,
                       sourceSHA256: meta.source.sha256, sourceBytes: source.count, tokenizerFile: p.tokenizerFile,
                       textConfigFile: p.textConfigFile, config: mapping.config, tensorCount: outTensors.count,
@@ -203,19 +209,23 @@ public enum Converter {
     }
 }
 
-/// A value computed on another thread; `wait()` blocks until it is ready.
+/// A value computed on another thread; `wait()` blocks until it is ready. The computation is
+/// handed a `stop` check that turns true once `cancel()` is called (it may then return early).
 final class BackgroundValue<T>: @unchecked Sendable {
     private var value: T?
     private let done = DispatchSemaphore(value: 0)
     private let lock = NSLock()
+    private let cancelled = Atomic<Bool>(false)
 
-    init(_ compute: @escaping @Sendable () -> T) {
+    init(_ compute: @escaping @Sendable (_ stop: () -> Bool) -> T) {
         Thread.detachNewThread { [self] in
-            let v = compute()
+            let v = compute { self.cancelled.load(ordering: .relaxed) }
             lock.lock(); value = v; lock.unlock()
             done.signal()
         }
     }
+
+    func cancel() { cancelled.store(true, ordering: .relaxed) }
 
     func wait() -> T {
         lock.lock()

@@ -34,15 +34,38 @@ public struct TokenizerSpec: Codable, Equatable, Sendable {
 
     public init(vocab: [String]) { self.vocab = vocab }
 
+    /// As the synthesized encoding, with the vocabulary's tokens passed as `String` (the
+    /// generic path through `[String]` costs JSONEncoder a dynamic cast per token: 30k of them
+    /// made up most of a conversion's header time).
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        var v = c.nestedUnkeyedContainer(forKey: .vocab)
+        for token in vocab { try v.encode(token) }
+        try c.encode(doLowerCase, forKey: .doLowerCase)
+        try c.encodeIfPresent(stripAccents, forKey: .stripAccents)
+        try c.encode(tokenizeChineseChars, forKey: .tokenizeChineseChars)
+        try c.encode(cleanText, forKey: .cleanText)
+        try c.encode(maxLength, forKey: .maxLength)
+        try c.encode(continuingSubwordPrefix, forKey: .continuingSubwordPrefix)
+        try c.encode(maxInputCharsPerWord, forKey: .maxInputCharsPerWord)
+        try c.encode(unkToken, forKey: .unkToken)
+        try c.encode(clsToken, forKey: .clsToken)
+        try c.encode(sepToken, forKey: .sepToken)
+        try c.encode(padToken, forKey: .padToken)
+        try c.encode(maskToken, forKey: .maskToken)
+    }
+
     /// `vocab.txt`: one token per line, line number = id (as transformers' `load_vocab`).
     public static func load(vocabTxt path: String) throws -> TokenizerSpec {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw ModelError(.badTokenizer, file: path, "cannot read the vocabulary file")
         }
-        guard let text = String(data: data, encoding: .utf8) else {
+        guard String(validating: data, as: UTF8.self) != nil else {
             throw ModelError(.badTokenizer, file: path, "vocabulary is not UTF-8")
         }
-        var lines = text.components(separatedBy: "\n")
+        // One token per line, split at the byte 0x0A only (as Hugging Face's `load_vocab` does:
+        // a "\r" before it stays part of the token).
+        var lines = data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
         if lines.last == "" { lines.removeLast() }
         guard !lines.isEmpty else { throw ModelError(.badTokenizer, file: path, "vocabulary is empty") }
         var spec = TokenizerSpec(vocab: lines)

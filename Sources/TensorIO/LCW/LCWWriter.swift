@@ -27,12 +27,19 @@ public enum LCWWriter {
             offset = LCW.align(offset + n)
         }
         let dataLength = offset
-        let header: Data
+        // The header object is {"metadata":M,"tensors":T}: with keys sorted and compact output
+        // that is exactly what JSONCoding gives for the pair, built here from M encoded once
+        // (a vocabulary makes M the costly part).
+        var header = Data("{\"metadata\":".utf8)
         do {
-            guard try JSONCoding.encode(metadata).first == UInt8(ascii: "{") else {
+            let meta = try JSONCoding.encode(metadata)
+            guard meta.first == UInt8(ascii: "{") else {
                 throw ReadError(.writeFailed, file: path, "metadata must be a JSON object")
             }
-            header = try JSONCoding.encode(Header(tensors: entries, metadata: metadata))
+            header.append(meta)
+            header.append(contentsOf: Array(",\"tensors\":".utf8))
+            header.append(try JSONCoding.encode(entries))
+            header.append(UInt8(ascii: "}"))
         } catch let e as EncodingError {
             throw ReadError(.writeFailed, file: path, "metadata is not valid JSON: \(e)")
         }
@@ -69,7 +76,10 @@ public enum LCWWriter {
                 guard bytes.count == want else {
                     throw ReadError(.shapeMismatch, file: path, place: "tensor '\(t.name)'", "loader produced \(bytes.count) bytes, expected \(want)")
                 }
-                try bytes.withBytes { try out.write($0) }
+                // Bytes that lie as they are in the source file are copied by the kernel;
+                // anything else (converted, decompressed, or a copy refused) is written.
+                let copied = try bytes.fileRange.map { r in try withExtendedLifetime(bytes) { try out.copy(from: r.descriptor, offset: r.offset, count: want) } } ?? 0
+                try bytes.withBytes { try out.write(UnsafeRawBufferPointer(rebasing: $0[copied...])) }
                 bytes.releasePages()   // streamed: keep resident memory to about one tensor
                 try out.writeZeros(dataStart + LCW.align(out.bytesWritten - dataStart) - out.bytesWritten)
                 progress?(out.bytesWritten - dataStart, dataLength)
@@ -85,12 +95,6 @@ public enum LCWWriter {
             out.abort()
             throw error
         }
-    }
-
-    /// The header object (formats/lcw.md); `JSONCoding` sorts its keys.
-    private struct Header<Metadata: Encodable>: Encodable {
-        let tensors: [Entry]
-        let metadata: Metadata
     }
 
     private struct Entry: Encodable {
