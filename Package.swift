@@ -39,12 +39,15 @@ let package = Package(
         .target(name: "CONNX", path: "Sources/CONNX", linkerSettings: [.linkedLibrary("protobuf-c")]),
         // Two Linux calls glibc declares only under _GNU_SOURCE (copy_file_range, sync_file_range).
         .target(name: "CSystem", path: "Sources/CSystem"),
+        // Our AVX2/FMA sgemm with fused epilogues for ConvNeXt's pointwise layers (runtime-checked;
+        // formats/kernels.md).
+        .target(name: "CKernels", path: "Sources/CKernels", cSettings: [.unsafeFlags(["-O3"])]),
         // Readers and writers of every tensor container we support (.pt zip and legacy,
         // safetensors, .lcw). Knows nothing about liteCLIP.
         .target(name: "TensorIO", dependencies: ["CZip", "CONNX", "CCrypto", "CZlib", "CSystem"]),
         // The liteCLIP model: config, parameter set, mapping a checkpoint onto it, conversion,
         // tokenizer, image pipeline, and the native forward pass.
-        .target(name: "LiteCLIP", dependencies: ["TensorIO", "CBLAS", "CTurboJPEG", "CPNG", "CWebP"]),
+        .target(name: "LiteCLIP", dependencies: ["TensorIO", "CBLAS", "CKernels", "CTurboJPEG", "CPNG", "CWebP"]),
         // Every command of both executables: parsing, checks before work, reports (text, JSON,
         // CSV), the one error format and the exit codes (docs/cli.md).
         .target(name: "LiteCLIPCommands", dependencies: [

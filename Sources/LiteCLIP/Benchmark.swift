@@ -1,4 +1,5 @@
 import Foundation
+import CKernels
 
 /// Inference benchmark workloads (issue 3): the same inputs the PyTorch/ONNX Runtime script
 /// (scripts/bench_reference.py) uses, so the figures of one run can be compared as ratios.
@@ -59,6 +60,27 @@ import Foundation
         return best
     }
 
+    /// Which matrix kernels the products run on (to measure one lever at a time).
+    public enum KernelChoice: String, CaseIterable, Sendable {
+        /// Our sgemm with the widest micro-kernel this CPU has.
+        case best
+        case avx512, avx2
+        /// OpenBLAS for every product (ConvNeXt then runs its plain path).
+        case openblas
+    }
+
+    /// Selects the kernels for the rest of the process; returns the one in use ("avx512", "avx2", "openblas").
+    @discardableResult
+    public static func select(_ choice: KernelChoice) -> String {
+        switch choice {
+        case .openblas: Kernels.forceOpenBLAS = true
+        case .avx2: lc_sgemm_force_isa(1)
+        case .avx512, .best: break
+        }
+        if !Kernels.useOwnGEMM { return "openblas" }
+        return lc_sgemm_isa() == 2 ? "avx512" : "avx2"
+    }
+
     /// The model at `path`; `fused: false` runs ConvNeXt's plain path instead of the fused
     /// inference path (to measure what the fusion buys).
     public static func load(path: String, fused: Bool) throws -> LiteCLIPModel {
@@ -69,14 +91,16 @@ import Foundation
         try LiteCLIPModel(metadata: loaded.metadata, tensors: loaded.tensors, file: file, fused: fused)
     }
 
-    public static func run(model m: LiteCLIPModel, reps: Int = 3) -> [Result] {
+    /// - Parameter only: run just the workloads whose name contains this text.
+    public static func run(model m: LiteCLIPModel, reps: Int = 3, only: String? = nil) -> [Result] {
+        func wanted(_ name: String) -> Bool { only.map { name.contains($0) } ?? true }
         var out: [Result] = []
-        for b in [1, 8] {
+        for b in [1, 8] where wanted("image tower, batch \(b)") {
             let px = pixels(batch: b)
             let s = time(reps) { _ = m.imageEmbeddings(pixels: px, batch: b) }
             out.append(Result(name: "image tower, batch \(b)", seconds: s, gflop: Double(b) * imageFlops(m.config.image) / 1e9))
         }
-        for b in [8, 64] {
+        for b in [8, 64] where wanted("text tower, batch \(b)") {
             // Padded to 128 as the seed does; the flops counted are those actually computed
             // (up to the longest caption: the padded positions are exactly irrelevant).
             let tok = m.tokenizer.encodeBatch(texts(batch: b))
@@ -84,6 +108,7 @@ import Foundation
             out.append(Result(name: "text tower, batch \(b), length 128", seconds: s,
                               gflop: Double(b) * textFlops(m.config.text, tokens: tok.lengths.max() ?? 0) / 1e9))
         }
+        guard wanted("full forward, 3 images + 4 texts") else { return out }
         let px = pixels(batch: 3)
         let tok = m.tokenizer.encodeBatch(Array(captions.prefix(4)))
         let s = time(reps) {

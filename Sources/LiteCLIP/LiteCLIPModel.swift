@@ -54,7 +54,7 @@ public final class LiteCLIPModel: Sendable {
         preprocess = metadata.preprocess
         tokenizer = BertTokenizer(spec: metadata.tokenizer)
         let source = ParameterSource(.view(Dictionary(tensors.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })), file: file)
-        network = try CLIP(ParameterScope(source), config, fold: fused)
+        network = try CLIP(ParameterScope(source), config, fused: fused)
     }
 
     func workspace() -> Workspace { Workspace(pool: pool) }

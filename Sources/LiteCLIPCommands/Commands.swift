@@ -81,6 +81,8 @@ struct Verify: ParsableCommand {
 
 /// Thin CLI over `InferenceBenchmark` and `TrainBenchmark`; scripts/bench-inference puts
 /// PyTorch and ONNX Runtime beside it.
+extension InferenceBenchmark.KernelChoice: ExpressibleByArgument {}
+
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Time inference (image encoder at batch 1 and 8, text encoder at batch 8 and 64, a full forward) or training steps.",
@@ -92,6 +94,10 @@ struct Bench: ParsableCommand {
     var trainBatch: Int?
     @Flag(name: .customLong("no-fused"), help: "Run the image encoder's plain path instead of the fused inference path (to measure the fusion).")
     var noFused = false
+    @Option(help: ArgumentHelp("Matrix kernels: best (our sgemm, widest micro-kernel the CPU has), avx512, avx2, or openblas.", valueName: "k"))
+    var kernels: InferenceBenchmark.KernelChoice = .best
+    @Option(help: ArgumentHelp("Run only the workloads whose name contains this text (e.g. 'batch 1').", valueName: "text"))
+    var only: String?
     @OptionGroup var modelOptions: ModelOptions
     @OptionGroup var output: OutputOptions
 
@@ -111,6 +117,9 @@ struct Bench: ParsableCommand {
 
     func run() throws {
         let console = Console(command: "liteclip bench", quiet: output.quiet)
+        let inUse = InferenceBenchmark.select(kernels)
+        if kernels == .avx512 && inUse != "avx512" { throw CLIFailure("this CPU has no AVX-512", hint: "use --kernels avx2 or best") }
+        console.note("kernels: \(inUse)")
         if let b = trainBatch {
             // The copy is made from a file released right after: its mapped pages stay out of the peak.
             let trainable = try TrainableModel(modelOptions.open(model, console), file: model)
@@ -123,7 +132,7 @@ struct Bench: ParsableCommand {
             return
         }
         let m = try InferenceBenchmark.load(modelOptions.open(model, console), file: model, fused: !noFused)
-        for r in InferenceBenchmark.run(model: m, reps: reps) {
+        for r in InferenceBenchmark.run(model: m, reps: reps, only: only) {
             if output.json {
                 try console.json(Figure(name: r.name, seconds: r.seconds, gflop: r.gflop, gflops: r.gflops), pretty: false)
             } else {

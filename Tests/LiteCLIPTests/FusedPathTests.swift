@@ -8,36 +8,95 @@ import TestSupport
 /// as the sgemm's accumulate) against the plain path training also runs, on weights with a
 /// layer scale far from timm's 1e-6 initial value, so the MLP branch matters.
 final class FusedPathTests: XCTestCase {
+    /// A block with random weights on the fused path (our sgemm, fused epilogues) and on the
+    /// plain one. dim 8: tiny products on one core; dim 100: fc2's K = 400 is split into two
+    /// blocks (partial sums in t), rows are not a multiple of 6 nor columns of 16, and both
+    /// cores split the columns.
     func testFusedBlockEqualsPlainPath() throws {
-        let dim = 8, c = ConvNeXtConfig(dims: [dim, dim, dim, dim], depths: [1, 1, 1, 1])
-        var rng = SeededRNG(seed: 11)
-        var tensors: [String: Checkpoint.Tensor] = [:]
-        let record = ParameterSource(.record, file: "")
-        _ = try ConvNeXtBlock(ParameterScope(record), dim: dim, config: c, fold: false)
-        for spec in record.specs {
-            let values = (0..<spec.shape.reduce(1, *)).map { _ in rng.nextFloat() * 2 - 1 }
-            tensors[spec.name] = Checkpoint.Tensor(name: spec.name, dtype: .f32, shape: spec.shape, origin: "test") {
-                TensorBytes(owning: values.withUnsafeBytes { Array($0) })
+        XCTAssertTrue(Kernels.ownGEMMAvailable, "this CPU has AVX2 and FMA: the fused path must run")
+        for (dim, b, h, w) in [(8, 2, 9, 11), (100, 2, 9, 11)] {
+            let c = ConvNeXtConfig(dims: [dim, dim, dim, dim], depths: [1, 1, 1, 1])
+            var rng = SeededRNG(seed: 11)
+            var tensors: [String: Checkpoint.Tensor] = [:]
+            let record = ParameterSource(.record, file: "")
+            _ = try ConvNeXtBlock(ParameterScope(record), dim: dim, config: c, fused: false)
+            for spec in record.specs {
+                // Layer scale far from timm's 1e-6 initial value, so the MLP branch matters.
+                let values = (0..<spec.shape.reduce(1, *)).map { _ in (rng.nextFloat() * 2 - 1) * (spec.name == "gamma" ? 1 : 1 / Float(spec.shape.last!).squareRoot()) }
+                tensors[spec.name] = Checkpoint.Tensor(name: spec.name, dtype: .f32, shape: spec.shape, origin: "test") {
+                    TensorBytes(owning: values.withUnsafeBytes { Array($0) })
+                }
             }
+            let fused = try ConvNeXtBlock(ParameterScope(ParameterSource(.view(tensors), file: "t")), dim: dim, config: c, fused: true)
+            let plain = try ConvNeXtBlock(ParameterScope(ParameterSource(.view(tensors), file: "t")), dim: dim, config: c, fused: false)
+            XCTAssertTrue(fused.fused)
+            XCTAssertFalse(plain.fused)
+            let p = b * h * w
+            let input = (0..<(dim * p)).map { _ in rng.nextFloat() * 4 - 2 }
+            func run(_ block: ConvNeXtBlock) -> [Float] {
+                let ws = Workspace(pool: nil)
+                let x = Buffer([dim, p], input)
+                let scratch = ConvNeXtBlock.Scratch(t: ws.zeros([dim, p]), hidden: ws.zeros([4 * dim, p]))
+                return block.forward(x, dim: dim, batch: b, h: h, w: w, eps: 1e-6, scratch: scratch, ws: ws, cache: nil).array
+            }
+            let a = run(fused), e = run(plain)
+            let maxDiff = zip(a, e).map { abs($0 - $1) }.max() ?? .infinity
+            let scale = e.map(abs).max() ?? 0
+            let change = zip(e, input).map { abs($0 - $1) }.max() ?? 0
+            print("dim \(dim): fused vs plain block: max abs diff \(maxDiff), max |out| \(scale), max |out - in| \(change)")
+            XCTAssertGreaterThan(change, 0.1, "the MLP branch must change the output for the comparison to mean anything")
+            XCTAssertLessThanOrEqual(maxDiff, 1e-5 * max(scale, 1), "dim \(dim): fused vs plain: max abs diff \(maxDiff)")
         }
-        let fused = try ConvNeXtBlock(ParameterScope(ParameterSource(.view(tensors), file: "t")), dim: dim, config: c, fold: true)
-        let plain = try ConvNeXtBlock(ParameterScope(ParameterSource(.view(tensors), file: "t")), dim: dim, config: c, fold: false)
-        XCTAssertNotNil(fused.folded)
-        XCTAssertNil(plain.folded)
-        let b = 2, h = 9, w = 11, p = b * h * w
-        let input = (0..<(dim * p)).map { _ in rng.nextFloat() * 4 - 2 }
-        func run(_ block: ConvNeXtBlock) -> [Float] {
-            let ws = Workspace(pool: nil)
-            let x = Buffer([dim, p], input)
-            let scratch = ConvNeXtBlock.Scratch(t: ws.zeros([dim, p]), hidden: ws.zeros([4 * dim, p]))
-            return block.forward(x, dim: dim, batch: b, h: h, w: w, eps: 1e-6, scratch: scratch, ws: ws, cache: nil).array
+    }
+
+    /// Each epilogue of our sgemm against the product by definition plus the separate pass it
+    /// replaces (and `Kernels.gemm` with transposed operands, which training uses), on shapes
+    /// that cover edge tiles (M not a multiple of 6, N not of 16), K split into blocks (K > 384),
+    /// the row split (few columns) and the column split over the cores, and K = 0.
+    func testFusedGEMMEqualsBLASAndPasses() {
+        var rng = SeededRNG(seed: 5)
+        func random(_ n: Int) -> [Float] { (0..<n).map { _ in rng.nextFloat() * 2 - 1 } }
+        for (m, n, k) in [(1, 1, 1), (7, 5, 3), (6, 16, 96), (13, 37, 400), (96, 49, 768), (40, 300, 1000), (200, 130, 64), (5, 9, 0)] {
+            let a = random(m * k), b = random(k * n), bias = random(m), scale = random(m), d0 = random(m * n)
+            // The reference product in double precision, by the definition (independent of every kernel).
+            var want = [Float](repeating: 0, count: m * n)
+            for i in 0..<m { for j in 0..<n {
+                var acc = 0.0
+                for p in 0..<k { acc += Double(a[i * k + p]) * Double(b[p * n + j]) }
+                want[i * n + j] = Float(acc)
+            } }
+            var worst: [String: Float] = [:]
+            func check(_ name: String, _ got: [Float], _ ref: [Float]) {
+                let diff = zip(got, ref).map { abs($0 - $1) }.max() ?? 0
+                worst[name] = diff
+                XCTAssertLessThanOrEqual(diff, 2e-5 * Float(max(k, 1)).squareRoot(), "\(name) m \(m) n \(n) k \(k): max abs diff \(diff)")
+            }
+            var c = [Float](repeating: .nan, count: m * n)
+            Kernels.fusedGEMM(a, b, &c, m: m, n: n, k: k, epilogue: .store(bias: nil))
+            check("store", c, want)
+            bias.withUnsafeBufferPointer { bp in
+                Kernels.fusedGEMM(a, b, &c, m: m, n: n, k: k, epilogue: .store(bias: bp.baseAddress!))
+                check("store+bias", c, (0..<(m * n)).map { want[$0] + bias[$0 / n] })
+                Kernels.fusedGEMM(a, b, &c, m: m, n: n, k: k, epilogue: .biasGELU(bias: bp.baseAddress!))
+                var g = (0..<(m * n)).map { want[$0] + bias[$0 / n] }
+                Kernels.gelu(&g, count: g.count)
+                check("bias+gelu", c, g)
+                var d = d0
+                scale.withUnsafeBufferPointer { sp in
+                    d.withUnsafeMutableBufferPointer { dp in
+                        Kernels.fusedGEMM(a, b, &c, m: m, n: n, k: k, epilogue: .residual(bias: bp.baseAddress!, scale: sp.baseAddress!, into: dp.baseAddress!))
+                    }
+                }
+                check("residual", d, (0..<(m * n)).map { d0[$0] + scale[$0 / n] * (want[$0] + bias[$0 / n]) })
+            }
+            // Transposed operands (training's products): A stored [K x M], B stored [N x K].
+            let at = (0..<(k * m)).map { a[($0 % m) * k + $0 / m] }, bt = (0..<(n * k)).map { b[($0 % k) * n + $0 / k] }
+            Kernels.gemm(at, bt, &c, m: m, n: n, k: k, transA: true, transB: true)
+            check("transposed", c, want)
+            var acc = d0
+            Kernels.gemm(at, b, &acc, m: m, n: n, k: k, transA: true, accumulate: true)
+            check("accumulate", acc, (0..<(m * n)).map { d0[$0] + want[$0] })
+            print("m \(m) n \(n) k \(k): max abs diff \(worst.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))")
         }
-        let a = run(fused), e = run(plain)
-        let maxDiff = zip(a, e).map { abs($0 - $1) }.max() ?? .infinity
-        let scale = e.map(abs).max() ?? 0
-        let change = zip(e, input).map { abs($0 - $1) }.max() ?? 0
-        print("fused vs plain block: max abs diff \(maxDiff), max |out| \(scale), max |out - in| \(change)")
-        XCTAssertGreaterThan(change, 0.1, "the MLP branch must change the output for the comparison to mean anything")
-        XCTAssertLessThanOrEqual(maxDiff, 1e-5 * max(scale, 1), "fused vs plain: max abs diff \(maxDiff)")
     }
 }

@@ -1,4 +1,5 @@
 import CBLAS
+import CKernels
 import Dispatch
 import Foundation
 
@@ -33,43 +34,97 @@ public enum Kernels {
     /// element-wise passes between products need; measured with perf: ~15% of the time.)
     static let singleThreadedBLAS: Void = { openblas_set_num_threads(1) }()
 
-    /// `C[M x N] = A[M x K] * op(B) (+ C if accumulate)`, row-major; `transB` means B is stored
-    /// `[N x K]` (a PyTorch Linear weight). Large products are split into one block of rows
-    /// (or of columns, when M is small) per core.
+    /// `C[M x N] = A[M x K] * op(B) (+ C if accumulate)`, row-major; `transA` means A is stored
+    /// `[K x M]`, `transB` that B is stored `[N x K]` (a PyTorch Linear weight). On our sgemm
+    /// where the CPU has AVX2 (`ownGEMMAvailable`), else OpenBLAS; large products are split into
+    /// one block of rows (or of columns, when M is small) per core.
     static func gemm(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>,
                      m: Int, n: Int, k: Int, transA: Bool = false, transB: Bool = false, accumulate: Bool = false) {
-        _ = singleThreadedBLAS
-        let lda = transA ? m : k, ldb = transB ? k : n, ldc = n
-        func call(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>, _ m: Int, _ n: Int) {
-            cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
-                        Int32(m), Int32(n), Int32(k), 1, a, Int32(lda), b, Int32(ldb), accumulate ? 1 : 0, c, Int32(max(ldc, 1)))
+        var e = lc_epilogue()
+        e.kind = Int32(accumulate ? LC_EPILOGUE_ACCUMULATE : LC_EPILOGUE_STORE)
+        product(a, b, c, m: m, n: n, k: k, transA: transA, transB: transB, epilogue: e)
+    }
+
+    // MARK: - Our sgemm with fused epilogues (Sources/CKernels, formats/kernels.md)
+
+    /// True when this CPU runs our sgemm (AVX2 + FMA, or AVX-512); else OpenBLAS and separate passes.
+    static let ownGEMMAvailable: Bool = lc_sgemm_available() != 0
+
+    /// Benchmarks: run every product on OpenBLAS instead of our sgemm (the fused ConvNeXt path
+    /// then falls back to the plain one).
+    nonisolated(unsafe) static var forceOpenBLAS = false
+
+    static var useOwnGEMM: Bool { ownGEMMAvailable && !forceOpenBLAS }
+
+    /// What follows the product, applied to each tile while it is in cache.
+    enum Epilogue {
+        /// `C = A B + bias`.
+        case store(bias: UnsafePointer<Float>?)
+        /// `C = gelu(A B + bias)`.
+        case biasGELU(bias: UnsafePointer<Float>)
+        /// `D += scale * (A B + bias)` per row; C is scratch for partial sums (D is `M x N`, ldd = N).
+        case residual(bias: UnsafePointer<Float>, scale: UnsafePointer<Float>, into: UnsafeMutablePointer<Float>)
+    }
+
+    /// `C[M x N] = epilogue(A[M x K] * B[K x N])`, row-major, on our sgemm (callers check
+    /// `useOwnGEMM`).
+    static func fusedGEMM(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>,
+                          m: Int, n: Int, k: Int, epilogue: Epilogue) {
+        var e = lc_epilogue()
+        switch epilogue {
+        case .store(let bias): e.kind = Int32(LC_EPILOGUE_STORE); e.bias = bias
+        case .biasGELU(let bias): e.kind = Int32(LC_EPILOGUE_BIAS_GELU); e.bias = bias
+        case .residual(let bias, let scale, let d):
+            e.kind = Int32(LC_EPILOGUE_RESIDUAL); e.bias = bias; e.scale = scale; e.dst = d; e.ldd = n
+        }
+        product(a, b, c, m: m, n: n, k: k, transA: false, transB: false, epilogue: e)
+    }
+
+    /// The one driver: splits the product over the cores (columns in multiples of 32 when there
+    /// are enough, else rows in multiples of 6) and runs each part on our sgemm, or on OpenBLAS
+    /// for the plain store / accumulate epilogues when ours is not in use.
+    private static func product(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>,
+                                m: Int, n: Int, k: Int, transA: Bool, transB: Bool, epilogue e: lc_epilogue) {
+        let own = useOwnGEMM
+        precondition(own || e.kind == Int32(LC_EPILOGUE_STORE) || e.kind == Int32(LC_EPILOGUE_ACCUMULATE), "fused epilogue without our sgemm")
+        if !own { _ = singleThreadedBLAS }
+        // Element (i, p) of A at a[i*rsa + p*csa]; (p, j) of B at b[p*rsb + j*csb].
+        let (rsa, csa) = transA ? (1, m) : (k, 1)
+        let (rsb, csb) = transB ? (1, k) : (n, 1)
+        func run(_ rows: Range<Int>, _ cols: Range<Int>) {
+            guard !rows.isEmpty, !cols.isEmpty else { return }
+            let ap = a + rows.lowerBound * rsa, bp = b + cols.lowerBound * csb, cp = c + rows.lowerBound * n + cols.lowerBound
+            if own {
+                var part = e
+                if let bias = part.bias { part.bias = bias + rows.lowerBound }
+                if let scale = part.scale { part.scale = scale + rows.lowerBound }
+                if part.dst != nil { part.dst = part.dst + rows.lowerBound * n + cols.lowerBound }
+                withUnsafePointer(to: part) {
+                    lc_sgemm_strided(Int32(rows.count), Int32(cols.count), Int32(k), ap, rsa, csa, bp, rsb, csb, cp, n, $0)
+                }
+            } else {
+                cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+                            Int32(rows.count), Int32(cols.count), Int32(k), 1, ap, Int32(transA ? m : k), bp, Int32(transB ? k : n),
+                            e.kind == Int32(LC_EPILOGUE_ACCUMULATE) ? 1 : 0, cp, Int32(max(n, 1)))
+            }
         }
         let cores = ProcessInfo.processInfo.activeProcessorCount
         let work = Double(m) * Double(n) * Double(k)
-        if cores < 2 || work < 4e6 { call(a, b, c, m, n); return }
-        if m >= 2 * cores && (m >= n || n < 64) {
-            // Split rows of A and C.
-            let chunk = (m + cores - 1) / cores
-            DispatchQueue.concurrentPerform(iterations: cores) { t in
-                let lo = t * chunk, hi = min(m, lo + chunk)
-                guard lo < hi else { return }
-                let aOff = transA ? a + lo : a + lo * lda
-                call(aOff, b, c + lo * ldc, hi - lo, n)
-            }
+        if cores < 2 || work < 2e6 || m == 0 || n == 0 {
+            if m > 0 && n > 0 { run(0..<m, 0..<n) }
+            return
+        }
+        // Split the dimension whose parts come out most even (whole 32-column panels, whole
+        // 6-row tiles); columns win ties (each part then packs only its own columns).
+        let colChunk = ((n + cores - 1) / cores + 31) / 32 * 32, rowChunk = ((m + cores - 1) / cores + 5) / 6 * 6
+        let colWaste = Double(colChunk * cores) / Double(n), rowWaste = Double(rowChunk * cores) / Double(m)
+        if colWaste <= rowWaste * 1.02 {
+            DispatchQueue.concurrentPerform(iterations: cores) { t in run(0..<m, min(n, t * colChunk)..<min(n, (t + 1) * colChunk)) }
         } else {
-            // Split columns of B and C (multiples of 16 keep the kernels' panels whole).
-            let chunk = ((n + cores - 1) / cores + 15) / 16 * 16
-            DispatchQueue.concurrentPerform(iterations: cores) { t in
-                let lo = t * chunk, hi = min(n, lo + chunk)
-                guard lo < hi else { return }
-                let bOff = transB ? b + lo * ldb : b + lo
-                cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
-                            Int32(m), Int32(hi - lo), Int32(k), 1, a, Int32(lda), bOff, Int32(ldb), accumulate ? 1 : 0, c + lo, Int32(ldc))
-            }
+            DispatchQueue.concurrentPerform(iterations: cores) { t in run(min(m, t * rowChunk)..<min(m, (t + 1) * rowChunk), 0..<n) }
         }
     }
 
-    /// `Y[rows x out] = X[rows x in] * W^T + b` (nn.Linear on row-major activations).
     // MARK: - Matrix helpers
 
     /// `acc[r] += sum_j x[r][j]` over `rows x cols` (bias gradients of channels-first layers).

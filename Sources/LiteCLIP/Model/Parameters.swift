@@ -120,7 +120,7 @@ public enum LiteCLIPParameters {
     static func declared(_ c: LiteCLIPConfig) -> ParameterSource {
         let source = ParameterSource(.record, file: "")
         // Recording never throws: every tensor is handed out.
-        _ = try? CLIP(ParameterScope(source), c, fold: false)
+        _ = try? CLIP(ParameterScope(source), c, fused: false)
         return source
     }
 }

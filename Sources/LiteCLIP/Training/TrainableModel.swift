@@ -38,7 +38,7 @@ public final class TrainableModel {
         tokenizer = BertTokenizer(spec: metadata.tokenizer)
         preprocess = metadata.preprocess
         let source = ParameterSource(.copy(Dictionary(tensors.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })), file: file)
-        network = try CLIP(ParameterScope(source), config, fold: false)
+        network = try CLIP(ParameterScope(source), config, fused: false)
         // BERT's optional pooler is never reached by the loss: like a parameter whose .grad stays
         // None in PyTorch, it gets no gradient and no optimiser update, and is written back as it was.
         let used = Set(source.specs.filter(\.required).map(\.name))

@@ -1,4 +1,5 @@
 import Foundation
+import CKernels
 
 /// Depthwise k x k convolution (ConvNeXt's `conv_dw`), forward beside backward, on planes.
 extension Kernels {
@@ -50,6 +51,25 @@ extension Kernels {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// The inference block's first two layers in one pass (our C kernel, `useOwnGEMM` only):
+    /// `y = LayerNorm_channels(depthwiseConv(x))`, per block of image rows so that the conv
+    /// output of every channel is still in cache when the norm reads it. `y` must not be `x`.
+    static func depthwiseConvLayerNorm(_ x: UnsafePointer<Float>, channels: Int, batch: Int, h: Int, w: Int,
+                                       weight: Tensor, bias: Tensor, norm: LayerNorm, eps: Float,
+                                       into y: UnsafeMutablePointer<Float>) {
+        let k = weight.shape[2]
+        let rows = min(h, Int(lc_dwconv_layernorm_rows(Int32(channels), Int32(w))))
+        let blocks = (h + rows - 1) / rows, units = batch * blocks
+        let threads = min(ProcessInfo.processInfo.activeProcessorCount, units)
+        DispatchQueue.concurrentPerform(iterations: threads) { t in
+            for u in stride(from: t, to: units, by: threads) {
+                let image = u / blocks, r0 = (u % blocks) * rows
+                lc_dwconv_layernorm(x, Int32(channels), Int32(batch), Int32(h), Int32(w), Int32(k), weight.data, bias.data,
+                                    norm.weight.data, norm.bias.data, eps, y, Int32(image), Int32(r0), Int32(min(h, r0 + rows)))
             }
         }
     }

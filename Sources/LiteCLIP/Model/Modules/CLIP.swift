@@ -17,12 +17,12 @@ struct CLIP: Sendable {
     let imgProjection: ProjectionHead     // img_projection
     let txtProjection: ProjectionHead     // txt_projection
 
-    /// - Parameter fold: derive the fused inference path's weights (not for training, whose
-    ///   weights change, nor when recording).
-    init(_ s: ParameterScope, _ c: LiteCLIPConfig, fold: Bool) throws {
+    /// - Parameter fused: run ConvNeXt's fused inference path (not for training, whose forward
+    ///   keeps what the plain path computes).
+    init(_ s: ParameterScope, _ c: LiteCLIPConfig, fused: Bool) throws {
         config = c
         logitScale = try s.tensor("logit_scale", [])   // CLIP's own parameter comes before its children's
-        imageEncoder = try ConvNeXt(s.child("image_encoder").child("backbone"), c.image, fold: fold)
+        imageEncoder = try ConvNeXt(s.child("image_encoder").child("backbone"), c.image, fused: fused)
         textEncoder = try Bert(s.child("text_encoder").child("backbone"), c.text)
         imgProjection = try ProjectionHead(s.child("img_projection"), input: c.image.outputDim, dim: c.projectionDim)
         txtProjection = try ProjectionHead(s.child("txt_projection"), input: c.text.hiddenSize, dim: c.projectionDim)

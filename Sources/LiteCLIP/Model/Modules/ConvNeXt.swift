@@ -13,28 +13,17 @@ struct ConvNeXtBlock {
     let norm: LayerNorm          // norm: (C)
     let fc1: Linear              // mlp.fc1: (4C, C)
     let fc2: Linear              // mlp.fc2: (C, 4C)
-    /// The fused inference path's weights, derived once at load (not in training, whose weights
-    /// change): layer scale folded into fc2, `gamma * (W2 h + b2) = (gamma W2) h + gamma b2`.
-    let folded: (weight: Tensor, bias: Tensor)?   // (C, 4C), (C)
+    /// Inference runs the fused path (our sgemm with bias + GELU and layer scale + residual in
+    /// its tile epilogues); off for training, benchmarks of the plain path, and CPUs without AVX2.
+    let fused: Bool
 
-    init(_ s: ParameterScope, dim: Int, config c: ConvNeXtConfig, fold: Bool) throws {
+    init(_ s: ParameterScope, dim: Int, config c: ConvNeXtConfig, fused: Bool) throws {
         gamma = try s.tensor("gamma", [dim])
         convDW = try Conv2d(s.child("conv_dw"), out: dim, in: 1, kernel: c.kernelSize)
         norm = try LayerNorm(s.child("norm"), dim)
         fc1 = try Linear(s.child("mlp").child("fc1"), in: dim, out: c.mlpRatio * dim)
         fc2 = try Linear(s.child("mlp").child("fc2"), in: c.mlpRatio * dim, out: dim)
-        if fold && !s.records {
-            let hidden = c.mlpRatio * dim
-            let w = Buffer(zeros: [dim, hidden]), b = Buffer(zeros: [dim])
-            for r in 0..<dim {
-                let g = gamma.data[r]
-                for k in 0..<hidden { w.data[r * hidden + k] = g * fc2.weight.data[r * hidden + k] }
-                b.data[r] = g * fc2.bias.data[r]
-            }
-            folded = (w.view, b.view)
-        } else {
-            folded = nil
-        }
+        self.fused = fused
     }
 
     /// What the backward needs: the input (depthwise weight gradient), the norm's `xhat` and
@@ -54,22 +43,23 @@ struct ConvNeXtBlock {
                  cache: Cache?) -> Buffer {
         let p = batch * h * w, h4 = fc1.weight.shape[0]
         let t = ws.reuse(scratch.t, [dim, p])
+        if cache == nil && fused && Kernels.useOwnGEMM {
+            // Fused inference path: depthwise conv and LayerNorm in one pass per block of rows;
+            // then each product's epilogue does the pass that follows it while the tile is in
+            // cache: bias + GELU after fc1; after fc2, x += gamma * (fc2 + b2) (t holds partial
+            // sums when K is split). FusedPathTests holds it equal to the plain path below.
+            Kernels.depthwiseConvLayerNorm(x.data, channels: dim, batch: batch, h: h, w: w, weight: convDW.weight, bias: convDW.bias,
+                                           norm: norm, eps: eps, into: t.data)
+            let hidden = scratch.hidden
+            Kernels.fusedGEMM(fc1.weight.data, t.data, hidden.data, m: h4, n: p, k: dim, epilogue: .biasGELU(bias: fc1.bias.data))
+            Kernels.fusedGEMM(fc2.weight.data, hidden.data, t.data, m: dim, n: p, k: h4,
+                              epilogue: .residual(bias: fc2.bias.data, scale: gamma.data, into: x.data))
+            return x
+        }
         Kernels.depthwiseConv(x.data, channels: dim, batch: batch, h: h, w: w, weight: convDW.weight, bias: convDW.bias, into: t.data)
         let xhat = cache.map { _ in ws.zeros([dim, p]) }, rstd = cache.map { _ in ws.zeros([p]) }
         Kernels.layerNormChannelsForward(t.data, channels: dim, columns: p, weight: norm.weight, bias: norm.bias, eps: eps,
                                          xhat: xhat?.data, rstd: rstd?.data, into: t.data)
-        if cache == nil, let folded {
-            // Fused inference path: bias and GELU in one pass, and the residual add is the second
-            // sgemm's own accumulate. `liteclip bench` vs `liteclip bench --no-fused` (the plain path
-            // below), full size, 2 cores, one run (2026-12-01): image tower 0.281 s vs 0.301 s at
-            // batch 1, 1.665 s vs 2.238 s at batch 8. FusedPathTests holds the two equal.
-            let hidden = scratch.hidden
-            Kernels.gemm(fc1.weight.data, t.data, hidden.data, m: h4, n: p, k: dim)          // (4C, P) = W1 t
-            Kernels.biasGELU(hidden.data, rows: h4, columns: p, bias: fc1.bias)              // + b1, GELU
-            Kernels.addRowBias(x.data, rows: dim, columns: p, bias: folded.bias)             // x += gamma b2
-            Kernels.gemm(folded.weight.data, hidden.data, x.data, m: dim, n: p, k: h4, accumulate: true)   // x += gamma W2 h
-            return x
-        }
         let hpre = cache == nil ? scratch.hidden : ws.zeros([h4, p])
         Kernels.pointwise(t.data, columns: p, weight: fc1.weight, bias: fc1.bias, into: hpre.data)
         let a = scratch.hidden                                                              // gelu(hpre); in place at inference
@@ -139,7 +129,7 @@ public struct ConvNeXt: Sendable {
     let stages: [ConvNeXtStage]
     let headNorm: LayerNorm                           // head.norm (C3)
 
-    init(_ s: ParameterScope, _ c: ConvNeXtConfig, fold: Bool) throws {
+    init(_ s: ParameterScope, _ c: ConvNeXtConfig, fused: Bool) throws {
         config = c
         let st = s.child("stem")
         stem = (try Conv2d(st.child("0"), out: c.dims[0], in: c.inChannels, kernel: c.patchSize), try LayerNorm(st.child("1"), c.dims[0]))
@@ -151,7 +141,7 @@ public struct ConvNeXt: Sendable {
                 let d = ss.child("downsample")
                 ds = (try LayerNorm(d.child("0"), c.dims[i - 1]), try Conv2d(d.child("1"), out: dim, in: c.dims[i - 1], kernel: 2))
             }
-            let blocks = try (0..<depth).map { try ConvNeXtBlock(ss.child("blocks").child("\($0)"), dim: dim, config: c, fold: fold) }
+            let blocks = try (0..<depth).map { try ConvNeXtBlock(ss.child("blocks").child("\($0)"), dim: dim, config: c, fused: fused) }
             stages.append(ConvNeXtStage(downsample: ds, blocks: blocks))
         }
         self.stages = stages

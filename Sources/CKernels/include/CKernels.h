@@ -1,0 +1,58 @@
+#ifndef CKERNELS_H
+#define CKERNELS_H
+
+/// Matrix products for ConvNeXt's pointwise layers with the pass that follows each one fused into
+/// the product's own tiles (formats/kernels.md). AVX2 + FMA; `lc_sgemm_available()` says whether
+/// this CPU has them (callers fall back to OpenBLAS plus separate passes when it does not).
+
+/// What happens to each finished tile of `A * B` (row r of the product, column j):
+enum {
+    /// C[r][j] = sum (+ bias[r] when bias is given).
+    LC_EPILOGUE_STORE = 0,
+    /// C[r][j] = gelu(sum + bias[r]), the exact erf GELU of `Kernels.geluVector`.
+    LC_EPILOGUE_BIAS_GELU = 1,
+    /// D[r][j] += scale[r] * (sum + bias[r]): ConvNeXt's layer scale and residual. C is scratch
+    /// (partial sums when K is split); D is the residual stream.
+    LC_EPILOGUE_RESIDUAL = 2,
+    /// C[r][j] += sum (+ bias[r] when given).
+    LC_EPILOGUE_ACCUMULATE = 3,
+};
+
+typedef struct {
+    int kind;
+    const float *bias;    /* per row, or NULL (RESIDUAL and BIAS_GELU need it) */
+    const float *scale;   /* RESIDUAL: per row */
+    float *dst;           /* RESIDUAL: D */
+    long ldd;
+} lc_epilogue;
+
+/// 1 when the CPU has AVX2 and FMA.
+int lc_sgemm_available(void);
+
+/// The micro-kernel in use: 0 none, 1 AVX2 + FMA (6 x 16), 2 AVX-512 (6 x 32).
+int lc_sgemm_isa(void);
+
+/// Uses at most `level` (to measure one kernel against the other); never more than the CPU has.
+void lc_sgemm_force_isa(int level);
+
+/// As `lc_sgemm` with any strides: A element (i, p) at a[i*rsa + p*csa], B element (p, j) at
+/// b[p*rsb + j*csb] (so either may be a transpose).
+void lc_sgemm_strided(int m, int n, int k, const float *a, long rsa, long csa, const float *b, long rsb, long csb,
+                      float *c, long ldc, const lc_epilogue *epilogue);
+
+/// C[M x N] <- epilogue(A[M x K] * B[K x N]); all row-major with leading dimensions lda, ldb,
+/// ldc. Runs on the calling thread (callers split M or N over the cores).
+void lc_sgemm(int m, int n, int k, const float *a, long lda, const float *b, long ldb,
+              float *c, long ldc, const lc_epilogue *epilogue);
+
+/// ConvNeXt's depthwise k x k conv (stride 1, zero padding k/2) then LayerNorm over channels,
+/// for output rows [row_start, row_end) of one image, into y (planes [C][B][H*W]; y must not be
+/// x). Callers split images and row blocks over the cores; needs lc_sgemm_available().
+void lc_dwconv_layernorm(const float *x, int channels, int batch, int h, int w, int k, const float *weight,
+                         const float *conv_bias, const float *norm_weight, const float *norm_bias, float eps,
+                         float *y, int image, int row_start, int row_end);
+
+/// Rows per block for `lc_dwconv_layernorm` that keep a block's output (C x rows x W) in cache.
+int lc_dwconv_layernorm_rows(int channels, int width);
+
+#endif

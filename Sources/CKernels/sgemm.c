@@ -1,0 +1,305 @@
+// A BLIS-style single-threaded sgemm with fused epilogues (formats/kernels.md).
+//
+// Blocking: columns of B in blocks of NC, K in blocks of at most KC (split evenly), rows of A in
+// blocks of MC. Each (KC x NC) block of B is packed into NR-wide column panels (zero-padded at
+// the right edge) that stay in L1 while the MR x NR micro-kernel walks down the rows of A, which
+// it reads in place through a row stride and a column stride (so A or its transpose; no packing:
+// at batch 1 the weights are the large operand and each is used once). The micro-kernel keeps its
+// tile in registers over the K block and writes it to a small aligned tile; the epilogue applies
+// partial sums, bias, GELU or the residual to the valid part of that tile.
+//
+// Two micro-kernels, chosen at run time: AVX-512 (6 x 32, 12 zmm accumulators) and AVX2 + FMA
+// (6 x 16, 12 ymm accumulators).
+
+#include "CKernels.h"
+#include <immintrin.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MR 6
+#define NR_MAX 32
+#define MC 96
+#define NC 2048
+
+static int isa = -1;
+int lc_direct = 1;   // 0: none, 1: AVX2 + FMA, 2: AVX-512F
+
+static int detect(void) {
+    if (isa < 0) {
+        __builtin_cpu_init();
+        int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        isa = avx2 ? (__builtin_cpu_supports("avx512f") ? 2 : 1) : 0;
+    }
+    return isa;
+}
+
+int lc_sgemm_available(void) { return detect() > 0; }
+
+int lc_sgemm_isa(void) { return detect(); }
+
+void lc_sgemm_force_isa(int level) { detect(); if (level >= 0 && level <= isa) isa = level; }
+
+// Packs B[pc.., jc..] (kc x nc, element (p, j) at b[p*rsb + j*csb]) into nr-wide panels.
+__attribute__((target("avx2,fma")))
+static void pack_b(int kc, int nc, int nr, const float *b, long rsb, long csb, float *packed) {
+    for (int j = 0; j < nc; j += nr) {
+        int w = nc - j < nr ? nc - j : nr;
+        float *dst = packed + (long)j * kc;
+        if (csb == 1 && w == nr) {
+            const float *src = b + (long)j;
+            for (int p = 0; p < kc; p++) {
+                for (int q = 0; q < nr; q += 8) _mm256_store_ps(dst + q, _mm256_loadu_ps(src + q));
+                src += rsb; dst += nr;
+            }
+        } else if (csb == 1) {
+            const float *src = b + (long)j;
+            for (int p = 0; p < kc; p++) {
+                int q = 0;
+                for (; q < w; q++) dst[q] = src[q];
+                for (; q < nr; q++) dst[q] = 0;
+                src += rsb; dst += nr;
+            }
+        } else {
+            // B transposed (column stride > 1): read each column's run along K once.
+            for (int q = 0; q < nr; q++) {
+                if (q < w) {
+                    const float *src = b + (long)(j + q) * csb;
+                    for (int p = 0; p < kc; p++) dst[(long)p * nr + q] = src[(long)p * rsb];
+                } else {
+                    for (int p = 0; p < kc; p++) dst[(long)p * nr + q] = 0;
+                }
+            }
+        }
+    }
+}
+
+__attribute__((target("avx512f")))
+static inline __m512 gelu16(__m512 v) {
+    __m512 x = _mm512_mul_ps(v, _mm512_set1_ps(0.70710678118654752f));
+    x = _mm512_min_ps(x, _mm512_set1_ps(4.0f));
+    x = _mm512_max_ps(x, _mm512_set1_ps(-4.0f));
+    __m512 x2 = _mm512_mul_ps(x, x);
+    __m512 p = _mm512_set1_ps(-2.72614225801306e-10f);
+    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(2.77068142495902e-08f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(-2.10102402082508e-06f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(-5.69250639462346e-05f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(-7.34990630326855e-04f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(-2.95459980854025e-03f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(-1.60960333262415e-02f));
+    __m512 q = _mm512_set1_ps(-1.45660718464996e-05f);
+    q = _mm512_add_ps(_mm512_mul_ps(q, x2), _mm512_set1_ps(-2.13374055278905e-04f));
+    q = _mm512_add_ps(_mm512_mul_ps(q, x2), _mm512_set1_ps(-1.68282697438203e-03f));
+    q = _mm512_add_ps(_mm512_mul_ps(q, x2), _mm512_set1_ps(-7.37332916720468e-03f));
+    q = _mm512_add_ps(_mm512_mul_ps(q, x2), _mm512_set1_ps(-1.42647390514189e-02f));
+    __m512 erf = _mm512_div_ps(_mm512_mul_ps(x, p), q);
+    return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v), _mm512_add_ps(_mm512_set1_ps(1.0f), erf));
+}
+
+// The epilogue of one row of a full 6 x 32 tile straight from its two accumulators: the same
+// arithmetic as `epilogue` below (which serves edge tiles), 16 wide. cr: the row in C at the
+// tile's first column; dr: the same place in D (RESIDUAL).
+__attribute__((target("avx512f")))
+static inline void finish_row512(__m512 v0, __m512 v1, int row, float *cr, float *dr, const lc_epilogue *e, int addC, int last) {
+    if (addC) { v0 = _mm512_add_ps(_mm512_loadu_ps(cr), v0); v1 = _mm512_add_ps(_mm512_loadu_ps(cr + 16), v1); }
+    if (last) {
+        if (e->bias) { __m512 b = _mm512_set1_ps(e->bias[row]); v0 = _mm512_add_ps(v0, b); v1 = _mm512_add_ps(v1, b); }
+        if (e->kind == LC_EPILOGUE_BIAS_GELU) { v0 = gelu16(v0); v1 = gelu16(v1); }
+        if (e->kind == LC_EPILOGUE_RESIDUAL) {
+            __m512 sc = _mm512_set1_ps(e->scale[row]);
+            _mm512_storeu_ps(dr, _mm512_add_ps(_mm512_loadu_ps(dr), _mm512_mul_ps(sc, v0)));
+            _mm512_storeu_ps(dr + 16, _mm512_add_ps(_mm512_loadu_ps(dr + 16), _mm512_mul_ps(sc, v1)));
+            return;
+        }
+    }
+    _mm512_storeu_ps(cr, v0); _mm512_storeu_ps(cr + 16, v1);
+}
+
+// tile[MR][16] = A[rows (clamped to mr)][0..kc) * panel[kc][16]; A element (i, p) at a[i*rsa + p*csa].
+__attribute__((target("avx2,fma")))
+static void kernel_avx2(int kc, int mr, const float *a, long rsa, long csa, const float *bp, float *tile) {
+    const float *a0 = a, *a1 = a + (mr > 1 ? rsa : 0), *a2 = a + (mr > 2 ? 2 * rsa : 0);
+    const float *a3 = a + (mr > 3 ? 3 * rsa : 0), *a4 = a + (mr > 4 ? 4 * rsa : 0), *a5 = a + (mr > 5 ? 5 * rsa : 0);
+    __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+    __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps(), c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+    __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps(), c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+    long off = 0;
+    for (int p = 0; p < kc; p++, off += csa) {
+        __m256 b0 = _mm256_load_ps(bp), b1 = _mm256_load_ps(bp + 8);
+        bp += 16;
+        __m256 x;
+        x = _mm256_broadcast_ss(a0 + off); c00 = _mm256_fmadd_ps(x, b0, c00); c01 = _mm256_fmadd_ps(x, b1, c01);
+        x = _mm256_broadcast_ss(a1 + off); c10 = _mm256_fmadd_ps(x, b0, c10); c11 = _mm256_fmadd_ps(x, b1, c11);
+        x = _mm256_broadcast_ss(a2 + off); c20 = _mm256_fmadd_ps(x, b0, c20); c21 = _mm256_fmadd_ps(x, b1, c21);
+        x = _mm256_broadcast_ss(a3 + off); c30 = _mm256_fmadd_ps(x, b0, c30); c31 = _mm256_fmadd_ps(x, b1, c31);
+        x = _mm256_broadcast_ss(a4 + off); c40 = _mm256_fmadd_ps(x, b0, c40); c41 = _mm256_fmadd_ps(x, b1, c41);
+        x = _mm256_broadcast_ss(a5 + off); c50 = _mm256_fmadd_ps(x, b0, c50); c51 = _mm256_fmadd_ps(x, b1, c51);
+    }
+    const int t = NR_MAX;
+    _mm256_store_ps(tile + 0 * t, c00); _mm256_store_ps(tile + 0 * t + 8, c01);
+    _mm256_store_ps(tile + 1 * t, c10); _mm256_store_ps(tile + 1 * t + 8, c11);
+    _mm256_store_ps(tile + 2 * t, c20); _mm256_store_ps(tile + 2 * t + 8, c21);
+    _mm256_store_ps(tile + 3 * t, c30); _mm256_store_ps(tile + 3 * t + 8, c31);
+    _mm256_store_ps(tile + 4 * t, c40); _mm256_store_ps(tile + 4 * t + 8, c41);
+    _mm256_store_ps(tile + 5 * t, c50); _mm256_store_ps(tile + 5 * t + 8, c51);
+}
+
+// tile[MR][32] as above, 32 wide; or, when `c` is given (a full 6 x 32 tile), the epilogue
+// applied straight from the registers to rows r.. and columns j.. of C (and D).
+__attribute__((target("avx512f")))
+static void kernel_avx512(int kc, int mr, const float *a, long rsa, long csa, const float *bp, float *tile,
+                          float *c, long ldc, int r, int j, const lc_epilogue *e, int first, int last) {
+    const float *a0 = a, *a1 = a + (mr > 1 ? rsa : 0), *a2 = a + (mr > 2 ? 2 * rsa : 0);
+    const float *a3 = a + (mr > 3 ? 3 * rsa : 0), *a4 = a + (mr > 4 ? 4 * rsa : 0), *a5 = a + (mr > 5 ? 5 * rsa : 0);
+    __m512 c00 = _mm512_setzero_ps(), c01 = _mm512_setzero_ps(), c10 = _mm512_setzero_ps(), c11 = _mm512_setzero_ps();
+    __m512 c20 = _mm512_setzero_ps(), c21 = _mm512_setzero_ps(), c30 = _mm512_setzero_ps(), c31 = _mm512_setzero_ps();
+    __m512 c40 = _mm512_setzero_ps(), c41 = _mm512_setzero_ps(), c50 = _mm512_setzero_ps(), c51 = _mm512_setzero_ps();
+    long off = 0;
+    for (int p = 0; p < kc; p++, off += csa) {
+        __m512 b0 = _mm512_load_ps(bp), b1 = _mm512_load_ps(bp + 16);
+        bp += 32;
+        __m512 x;
+        x = _mm512_set1_ps(a0[off]); c00 = _mm512_fmadd_ps(x, b0, c00); c01 = _mm512_fmadd_ps(x, b1, c01);
+        x = _mm512_set1_ps(a1[off]); c10 = _mm512_fmadd_ps(x, b0, c10); c11 = _mm512_fmadd_ps(x, b1, c11);
+        x = _mm512_set1_ps(a2[off]); c20 = _mm512_fmadd_ps(x, b0, c20); c21 = _mm512_fmadd_ps(x, b1, c21);
+        x = _mm512_set1_ps(a3[off]); c30 = _mm512_fmadd_ps(x, b0, c30); c31 = _mm512_fmadd_ps(x, b1, c31);
+        x = _mm512_set1_ps(a4[off]); c40 = _mm512_fmadd_ps(x, b0, c40); c41 = _mm512_fmadd_ps(x, b1, c41);
+        x = _mm512_set1_ps(a5[off]); c50 = _mm512_fmadd_ps(x, b0, c50); c51 = _mm512_fmadd_ps(x, b1, c51);
+    }
+    if (c) {
+        int addC = e->kind == LC_EPILOGUE_ACCUMULATE || !first;
+        float *cr = c + (long)r * ldc + j;
+        float *dr = e->kind == LC_EPILOGUE_RESIDUAL ? e->dst + (long)r * e->ldd + j : NULL;
+        long dd = e->ldd;
+        finish_row512(c00, c01, r + 0, cr, dr, e, addC, last); cr += ldc; if (dr) dr += dd;
+        finish_row512(c10, c11, r + 1, cr, dr, e, addC, last); cr += ldc; if (dr) dr += dd;
+        finish_row512(c20, c21, r + 2, cr, dr, e, addC, last); cr += ldc; if (dr) dr += dd;
+        finish_row512(c30, c31, r + 3, cr, dr, e, addC, last); cr += ldc; if (dr) dr += dd;
+        finish_row512(c40, c41, r + 4, cr, dr, e, addC, last); cr += ldc; if (dr) dr += dd;
+        finish_row512(c50, c51, r + 5, cr, dr, e, addC, last);
+        return;
+    }
+    const int t = NR_MAX;
+    _mm512_store_ps(tile + 0 * t, c00); _mm512_store_ps(tile + 0 * t + 16, c01);
+    _mm512_store_ps(tile + 1 * t, c10); _mm512_store_ps(tile + 1 * t + 16, c11);
+    _mm512_store_ps(tile + 2 * t, c20); _mm512_store_ps(tile + 2 * t + 16, c21);
+    _mm512_store_ps(tile + 3 * t, c30); _mm512_store_ps(tile + 3 * t + 16, c31);
+    _mm512_store_ps(tile + 4 * t, c40); _mm512_store_ps(tile + 4 * t + 16, c41);
+    _mm512_store_ps(tile + 5 * t, c50); _mm512_store_ps(tile + 5 * t + 16, c51);
+}
+
+// The erf GELU of Kernels.geluVector (Sources/LiteCLIP/Model/Layers/GELU.swift), operation for
+// operation (separate multiplies and adds, as Swift compiles it), 8 wide.
+__attribute__((target("avx2,fma")))
+static inline __m256 gelu8(__m256 v) {
+    __m256 x = _mm256_mul_ps(v, _mm256_set1_ps(0.70710678118654752f));
+    x = _mm256_min_ps(x, _mm256_set1_ps(4.0f));
+    x = _mm256_max_ps(x, _mm256_set1_ps(-4.0f));
+    __m256 x2 = _mm256_mul_ps(x, x);
+    __m256 p = _mm256_set1_ps(-2.72614225801306e-10f);
+    p = _mm256_add_ps(_mm256_mul_ps(p, x2), _mm256_set1_ps(2.77068142495902e-08f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, x2), _mm256_set1_ps(-2.10102402082508e-06f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, x2), _mm256_set1_ps(-5.69250639462346e-05f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, x2), _mm256_set1_ps(-7.34990630326855e-04f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, x2), _mm256_set1_ps(-2.95459980854025e-03f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, x2), _mm256_set1_ps(-1.60960333262415e-02f));
+    __m256 q = _mm256_set1_ps(-1.45660718464996e-05f);
+    q = _mm256_add_ps(_mm256_mul_ps(q, x2), _mm256_set1_ps(-2.13374055278905e-04f));
+    q = _mm256_add_ps(_mm256_mul_ps(q, x2), _mm256_set1_ps(-1.68282697438203e-03f));
+    q = _mm256_add_ps(_mm256_mul_ps(q, x2), _mm256_set1_ps(-7.37332916720468e-03f));
+    q = _mm256_add_ps(_mm256_mul_ps(q, x2), _mm256_set1_ps(-1.42647390514189e-02f));
+    __m256 erf = _mm256_div_ps(_mm256_mul_ps(x, p), q);
+    return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_add_ps(_mm256_set1_ps(1.0f), erf));
+}
+
+// Applies one K block's tile (row stride NR_MAX) to rows [r, r+mr) and columns [j, j+nr).
+// first: the first K block (nothing of this product in C yet); last: the final one.
+__attribute__((target("avx2,fma")))
+static void epilogue(const float *tile, int mr, int nr, int r, int j, float *c, long ldc,
+                     const lc_epilogue *e, int first, int last) {
+    int kind = e->kind;
+    int addC = kind == LC_EPILOGUE_ACCUMULATE || !first;
+    for (int i = 0; i < mr; i++) {
+        float row[NR_MAX] __attribute__((aligned(32)));
+        const float *t = tile + i * NR_MAX;
+        float *cr = c + (long)(r + i) * ldc + j;
+        int full = nr & ~7;
+        // row = tile (+ what C holds)
+        for (int q = 0; q < full; q += 8) {
+            __m256 v = _mm256_load_ps(t + q);
+            if (addC) v = _mm256_add_ps(_mm256_loadu_ps(cr + q), v);
+            _mm256_store_ps(row + q, v);
+        }
+        for (int q = full; q < nr; q++) row[q] = addC ? cr[q] + t[q] : t[q];
+        if (!last) { memcpy(cr, row, (size_t)nr * sizeof(float)); continue; }
+        if (e->bias) {
+            __m256 bb = _mm256_set1_ps(e->bias[r + i]);
+            for (int q = 0; q < NR_MAX; q += 8) _mm256_store_ps(row + q, _mm256_add_ps(_mm256_load_ps(row + q), bb));
+        }
+        if (kind == LC_EPILOGUE_BIAS_GELU) {
+            for (int q = 0; q < nr; q += 8) _mm256_store_ps(row + q, gelu8(_mm256_load_ps(row + q)));
+        }
+        if (kind == LC_EPILOGUE_RESIDUAL) {
+            float *dr = e->dst + (long)(r + i) * e->ldd + j;
+            __m256 s = _mm256_set1_ps(e->scale[r + i]);
+            for (int q = 0; q < full; q += 8)
+                _mm256_storeu_ps(dr + q, _mm256_add_ps(_mm256_loadu_ps(dr + q), _mm256_mul_ps(s, _mm256_load_ps(row + q))));
+            float sc = e->scale[r + i];
+            for (int q = full; q < nr; q++) dr[q] = dr[q] + sc * row[q];
+        } else {
+            memcpy(cr, row, (size_t)nr * sizeof(float));
+        }
+    }
+}
+
+static __thread float *pack_buffer = NULL;
+static __thread size_t pack_capacity = 0;
+
+void lc_sgemm_strided(int m, int n, int k, const float *a, long rsa, long csa, const float *b, long rsb, long csb,
+                      float *c, long ldc, const lc_epilogue *e) {
+    if (m <= 0 || n <= 0 || detect() == 0) return;
+    int wide = isa == 2;
+    int nr = wide ? 32 : 16;
+    int kc_cap = wide ? 256 : 384;
+    int kblocks = k <= 0 ? 1 : (k + kc_cap - 1) / kc_cap;
+    int kc_max = k <= 0 ? 0 : (k + kblocks - 1) / kblocks;
+    int ncap = n < NC ? n : NC;
+    size_t need = (size_t)kc_max * (size_t)((ncap + nr - 1) / nr * nr) + NR_MAX;
+    if (need > pack_capacity) {
+        free(pack_buffer);
+        pack_buffer = aligned_alloc(64, (need * sizeof(float) + 63) / 64 * 64);
+        pack_capacity = need;
+    }
+    float tile[MR * NR_MAX] __attribute__((aligned(64)));
+    for (int jc = 0; jc < n; jc += NC) {
+        int nc = n - jc < NC ? n - jc : NC;
+        for (int kb = 0, pc = 0; kb < kblocks; kb++) {
+            int kc = kb == kblocks - 1 ? k - pc : kc_max;
+            int first = kb == 0, last = kb == kblocks - 1;
+            pack_b(kc, nc, nr, b + (long)pc * rsb + (long)jc * csb, rsb, csb, pack_buffer);
+            for (int ic = 0; ic < m; ic += MC) {
+                int mc = m - ic < MC ? m - ic : MC;
+                for (int jr = 0; jr < nc; jr += nr) {
+                    int w = nc - jr < nr ? nc - jr : nr;
+                    const float *bp = pack_buffer + (long)jr * kc;
+                    for (int ir = 0; ir < mc; ir += MR) {
+                        int h = mc - ir < MR ? mc - ir : MR;
+                        const float *ap = a + (long)(ic + ir) * rsa + (long)pc * csa;
+                        if (wide && h == MR && w == nr && lc_direct) {
+                            kernel_avx512(kc, h, ap, rsa, csa, bp, tile, c, ldc, ic + ir, jc + jr, e, first, last);
+                            continue;
+                        }
+                        if (wide) kernel_avx512(kc, h, ap, rsa, csa, bp, tile, NULL, 0, 0, 0, e, first, last);
+                        else kernel_avx2(kc, h, ap, rsa, csa, bp, tile);
+                        epilogue(tile, h, w, ic + ir, jc + jr, c, ldc, e, first, last);
+                    }
+                }
+            }
+            pc += kc;
+        }
+    }
+}
+
+void lc_sgemm(int m, int n, int k, const float *a, long lda, const float *b, long ldb,
+              float *c, long ldc, const lc_epilogue *e) {
+    lc_sgemm_strided(m, n, k, a, lda, 1, b, ldb, 1, c, ldc, e);
+}
