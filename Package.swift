@@ -23,9 +23,6 @@ let package = Package(
         // zlib (zlib1g-dev, which libzip-dev and libpng-dev already pull in): CRC-32 for zip and PNG.
         .systemLibrary(name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib",
                        providers: [.apt(["zlib1g-dev"])]),
-        // OpenBLAS (libopenblas-dev): sgemm for every matrix product.
-        .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
-                       providers: [.apt(["libopenblas-dev"])]),
         // libjpeg-turbo's TurboJPEG API (libturbojpeg0-dev) and libpng (libpng-dev).
         .systemLibrary(name: "CTurboJPEG", path: "Sources/CTurboJPEG", pkgConfig: "libturbojpeg",
                        providers: [.apt(["libturbojpeg0-dev"])]),
@@ -39,15 +36,17 @@ let package = Package(
         .target(name: "CONNX", path: "Sources/CONNX", linkerSettings: [.linkedLibrary("protobuf-c")]),
         // Two Linux calls glibc declares only under _GNU_SOURCE (copy_file_range, sync_file_range).
         .target(name: "CSystem", path: "Sources/CSystem"),
-        // Our AVX2/FMA sgemm with fused epilogues for ConvNeXt's pointwise layers (runtime-checked;
-        // formats/kernels.md).
-        .target(name: "CKernels", path: "Sources/CKernels", cSettings: [.unsafeFlags(["-O3"])]),
+        // Our sgemm (AVX-512 or AVX2 + FMA, chosen at run time) with fused epilogues, and
+        // ConvNeXt's depthwise conv + LayerNorm (formats/kernels.md); OpenBLAS (libopenblas-dev)
+        // is loaded with dlopen only where a product must run on it.
+        .target(name: "CKernels", path: "Sources/CKernels", cSettings: [.unsafeFlags(["-O3"])],
+                linkerSettings: [.linkedLibrary("dl")]),
         // Readers and writers of every tensor container we support (.pt zip and legacy,
         // safetensors, .lcw). Knows nothing about liteCLIP.
         .target(name: "TensorIO", dependencies: ["CZip", "CONNX", "CCrypto", "CZlib", "CSystem"]),
         // The liteCLIP model: config, parameter set, mapping a checkpoint onto it, conversion,
         // tokenizer, image pipeline, and the native forward pass.
-        .target(name: "LiteCLIP", dependencies: ["TensorIO", "CBLAS", "CKernels", "CTurboJPEG", "CPNG", "CWebP"]),
+        .target(name: "LiteCLIP", dependencies: ["TensorIO", "CKernels", "CTurboJPEG", "CPNG", "CWebP"]),
         // Every command of both executables: parsing, checks before work, reports (text, JSON,
         // CSV), the one error format and the exit codes (docs/cli.md).
         .target(name: "LiteCLIPCommands", dependencies: [

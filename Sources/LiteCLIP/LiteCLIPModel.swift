@@ -45,8 +45,8 @@ public final class LiteCLIPModel: Sendable {
         try self.init(metadata: file.metadata, tensors: file.tensors, file: file.lcw.checkpoint.file)
     }
 
-    /// - Parameter fused: derive the fused inference path's weights (`false`: the plain path,
-    ///   for benchmarks and the test that holds the two equal).
+    /// Maps nothing more than the file already is: each tower is built on first use.
+    /// - Parameter fused: run the fused inference path (`false`: the plain path, for benchmarks).
     init(metadata: LCWMetadata, tensors: [Checkpoint.Tensor], file: String, fused: Bool = true) throws {
         self.metadata = metadata
         self.file = file
@@ -54,7 +54,7 @@ public final class LiteCLIPModel: Sendable {
         preprocess = metadata.preprocess
         tokenizer = BertTokenizer(spec: metadata.tokenizer)
         let source = ParameterSource(.view(Dictionary(tensors.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })), file: file)
-        network = try CLIP(ParameterScope(source), config, fused: fused)
+        network = try CLIP(ParameterScope(source), config, fused: fused, lazy: true)
     }
 
     func workspace() -> Workspace { Workspace(pool: pool) }

@@ -119,6 +119,27 @@ final class LCWTests: XCTestCase {
         assertReadError(.badHeader, "missing offset") { try read(withHeader(good) { $0[1].removeValue(forKey: "offset") }) }
     }
 
+    /// The metadata object is handed on as its own JSON text (not parsed and re-serialised), found
+    /// by skipping values: strings with escaped quotes and brackets, nested containers, a key
+    /// written with escapes; two "metadata" keys are refused.
+    func testMetadataIsPassedThroughAsStored() throws {
+        let good = try validFile()
+        XCTAssertEqual(String(decoding: try read(good).metadataJSON, as: UTF8.self), #"{"k":"v","n":[1,2],"path":"a/b.pt"}"#)
+        func header(_ json: String) -> [UInt8] {
+            var out = Array(good[0..<16]) + le64(UInt64(json.utf8.count)) + le64(0) + Array(json.utf8)
+            out += [UInt8](repeating: 0, count: LCW.align(out.count) - out.count)
+            return out
+        }
+        let tricky = #"{"a":"}\"{[","tensors":[] , "\u006detadata" : {"x":["]",{"y":"\\"}]} ,"z":1}"#
+        XCTAssertEqual(String(decoding: try read(header(tricky)).metadataJSON, as: UTF8.self), #"{"x":["]",{"y":"\\"}]}"#)
+        XCTAssertEqual(String(decoding: try read(header(#"{"tensors":[]}"#)).metadataJSON, as: UTF8.self), "{}")
+        assertReadError(.badHeader, "metadata not an object") { try read(header(#"{"tensors":[],"metadata":[1]}"#)) }
+        assertReadError(.duplicateName, "two metadata keys") { try read(header(#"{"metadata":{},"tensors":[],"metadata":{}}"#)) }
+        assertReadError(.badHeader, "no tensors") { try read(header(#"{"metadata":{}}"#)) }
+        assertReadError(.badHeader, "entry not an object") { try read(header(#"{"tensors":[1]}"#)) }
+        assertReadError(.badHeader, "trailing garbage") { try read(header(#"{"tensors":[]} x"#)) }
+    }
+
     /// Tensors that are views of a mapped file are copied by the kernel (copy_file_range): the
     /// file is byte for byte the one written from owned buffers, and a copy cut short by the end
     /// of its source returns what it copied so the writer finishes from memory.

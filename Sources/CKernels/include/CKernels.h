@@ -45,6 +45,11 @@ void lc_sgemm_strided(int m, int n, int k, const float *a, long rsa, long csa, c
 void lc_sgemm(int m, int n, int k, const float *a, long lda, const float *b, long ldb,
               float *c, long ldc, const lc_epilogue *epilogue);
 
+/// OpenBLAS's cblas_sgemm (row-major), loaded on first use with one thread; 0 when absent.
+int lc_blas_available(void);
+void lc_blas_sgemm(int trans_a, int trans_b, int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+                   float beta, float *c, int ldc);
+
 /// ConvNeXt's depthwise k x k conv (stride 1, zero padding k/2) then LayerNorm over channels,
 /// for output rows [row_start, row_end) of one image, into y (planes [C][B][H*W]; y must not be
 /// x). Callers split images and row blocks over the cores; needs lc_sgemm_available().

@@ -119,11 +119,12 @@ public enum ModelSource {
                           tokenizerFile: p.tokenizerFile, textConfigFile: p.textConfigFile)
         }
         let lcw = try LCWReader.read(source)
-        let object = try? JSONSerialization.jsonObject(with: lcw.metadataJSON) as? [String: Any]
-        if object?["architecture"] as? String == TrainingCheckpoint.architecture {
+        // Members found by skipping, not by parsing the whole metadata (a vocabulary is most of it).
+        let architecture = JSONSpans.topLevelValue("architecture", in: lcw.metadataJSON).flatMap { try? JSONDecoder().decode(String.self, from: $0) }
+        if architecture == TrainingCheckpoint.architecture {
             // A training checkpoint: the model's metadata under "model", its weights under their own
             // names (optimiser moments and best weights are prefixed).
-            guard let model = object?["model"], let json = try? JSONSerialization.data(withJSONObject: model) else {
+            guard let json = JSONSpans.topLevelValue("model", in: lcw.metadataJSON), json.first == UInt8(ascii: "{") else {
                 throw ModelError(.badConfig, file: path, "the training checkpoint's metadata has no model description")
             }
             let meta = try LiteCLIPFile.decodeMetadata(json, file: path)

@@ -1,4 +1,3 @@
-import CBLAS
 import CKernels
 import Dispatch
 import Foundation
@@ -28,11 +27,6 @@ public enum Kernels {
     }
 
     // MARK: - Matrix products
-
-    /// OpenBLAS runs single-threaded; `gemm` splits large products over the cores itself.
-    /// (OpenBLAS's own worker threads keep spinning after each call and steal the core the
-    /// element-wise passes between products need; measured with perf: ~15% of the time.)
-    static let singleThreadedBLAS: Void = { openblas_set_num_threads(1) }()
 
     /// `C[M x N] = A[M x K] * op(B) (+ C if accumulate)`, row-major; `transA` means A is stored
     /// `[K x M]`, `transB` that B is stored `[N x K]` (a PyTorch Linear weight). On our sgemm
@@ -87,7 +81,10 @@ public enum Kernels {
                                 m: Int, n: Int, k: Int, transA: Bool, transB: Bool, epilogue e: lc_epilogue) {
         let own = useOwnGEMM
         precondition(own || e.kind == Int32(LC_EPILOGUE_STORE) || e.kind == Int32(LC_EPILOGUE_ACCUMULATE), "fused epilogue without our sgemm")
-        if !own { _ = singleThreadedBLAS }
+        // OpenBLAS (loaded on first use, one thread: the split below uses the cores) where ours cannot run.
+        if !own && lc_blas_available() == 0 {
+            fatalError("this CPU has no AVX2 and OpenBLAS (libopenblas0) is not installed: install it to run liteclip here")
+        }
         // Element (i, p) of A at a[i*rsa + p*csa]; (p, j) of B at b[p*rsb + j*csb].
         let (rsa, csa) = transA ? (1, m) : (k, 1)
         let (rsb, csb) = transB ? (1, k) : (n, 1)
@@ -103,9 +100,8 @@ public enum Kernels {
                     lc_sgemm_strided(Int32(rows.count), Int32(cols.count), Int32(k), ap, rsa, csa, bp, rsb, csb, cp, n, $0)
                 }
             } else {
-                cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
-                            Int32(rows.count), Int32(cols.count), Int32(k), 1, ap, Int32(transA ? m : k), bp, Int32(transB ? k : n),
-                            e.kind == Int32(LC_EPILOGUE_ACCUMULATE) ? 1 : 0, cp, Int32(max(n, 1)))
+                lc_blas_sgemm(transA ? 1 : 0, transB ? 1 : 0, Int32(rows.count), Int32(cols.count), Int32(k), ap, Int32(transA ? m : k),
+                              bp, Int32(transB ? k : n), e.kind == Int32(LC_EPILOGUE_ACCUMULATE) ? 1 : 0, cp, Int32(max(n, 1)))
             }
         }
         let cores = ProcessInfo.processInfo.activeProcessorCount

@@ -34,6 +34,30 @@ public struct TokenizerSpec: Codable, Equatable, Sendable {
 
     public init(vocab: [String]) { self.vocab = vocab }
 
+    /// As the synthesized decoding (every key required but the optional one), with the
+    /// vocabulary's tokens read as `String` one by one
+    /// (the generic path through `[String]` costs JSONDecoder a dynamic cast per token).
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        var v = try c.nestedUnkeyedContainer(forKey: .vocab)
+        var tokens: [String] = []
+        tokens.reserveCapacity(v.count ?? 0)
+        while !v.isAtEnd { tokens.append(try v.decode(String.self)) }
+        vocab = tokens
+        doLowerCase = try c.decode(Bool.self, forKey: .doLowerCase)
+        stripAccents = try c.decodeIfPresent(Bool.self, forKey: .stripAccents)
+        tokenizeChineseChars = try c.decode(Bool.self, forKey: .tokenizeChineseChars)
+        cleanText = try c.decode(Bool.self, forKey: .cleanText)
+        maxLength = try c.decode(Int.self, forKey: .maxLength)
+        continuingSubwordPrefix = try c.decode(String.self, forKey: .continuingSubwordPrefix)
+        maxInputCharsPerWord = try c.decode(Int.self, forKey: .maxInputCharsPerWord)
+        unkToken = try c.decode(String.self, forKey: .unkToken)
+        clsToken = try c.decode(String.self, forKey: .clsToken)
+        sepToken = try c.decode(String.self, forKey: .sepToken)
+        padToken = try c.decode(String.self, forKey: .padToken)
+        maskToken = try c.decode(String.self, forKey: .maskToken)
+    }
+
     /// As the synthesized encoding, with the vocabulary's tokens passed as `String` (the
     /// generic path through `[String]` costs JSONEncoder a dynamic cast per token: 30k of them
     /// made up most of a conversion's header time).

@@ -29,7 +29,7 @@ public enum LCW {
 /// metadata object as JSON bytes, for the model layer to decode.
 public struct LCWFile {
     public let checkpoint: Checkpoint
-    /// The header's "metadata" object, re-serialised as JSON.
+    /// The header's "metadata" object: its JSON text as stored.
     public let metadataJSON: Data
     public let version: UInt32
     public let headerBytes: Int
@@ -66,40 +66,45 @@ public enum LCWReader {
             throw err(.truncated, "byte 24", "header says data is \(d64) bytes at offset \(dataOffset), so the file should be \(dataOffset &+ Int(truncatingIfNeeded: d64)) bytes, but it is \(b.count)")
         }
         let dataLength = Int(d64)
-        let headerData = Data(b[LCW.fixedHeaderSize..<(LCW.fixedHeaderSize + h)])
-        guard let obj = try? JSONSerialization.jsonObject(with: headerData), let top = obj as? [String: Any] else {
-            throw err(.badHeader, "header", "header is not a JSON object")
+        let headerBytes = UnsafeRawBufferPointer(rebasing: b[LCW.fixedHeaderSize..<(LCW.fixedHeaderSize + h)])
+        let headerData = Data(headerBytes)
+        // The tensor list is decoded (JSONDecoder also checks the whole header is JSON); the
+        // metadata object is handed on as its own bytes, for the model layer to decode once.
+        let list: [LenientEntry]
+        do {
+            list = try JSONDecoder().decode(HeaderEntries.self, from: headerData).tensors
+        } catch DecodingError.keyNotFound(let k, _) where k.stringValue == "tensors" {
+            throw err(.badHeader, "header", "header has no \"tensors\" array")
+        } catch {
+            throw err(.badHeader, "header", "header is not a JSON object with a \"tensors\" array")
         }
-        guard let list = top["tensors"] as? [Any] else { throw err(.badHeader, "header", "header has no \"tensors\" array") }
         guard list.count <= LCW.maxTensors else { throw err(.limitExceeded, "header", "\(list.count) tensors exceed the cap of \(LCW.maxTensors)") }
-        let meta = top["metadata"] ?? [String: Any]()
-        guard meta is [String: Any], let metaJSON = try? JSONSerialization.data(withJSONObject: meta, options: [.sortedKeys]) else {
-            throw err(.badHeader, "header", "\"metadata\" is not a JSON object")
+        let metaJSON: Data
+        switch JSONSpans.topLevelValue("metadata", in: headerBytes) {
+        case .absent: metaJSON = Data("{}".utf8)
+        case .duplicate: throw err(.duplicateName, "header", "two \"metadata\" keys")
+        case .at(let span):
+            guard headerBytes[span.lowerBound] == UInt8(ascii: "{") else { throw err(.badHeader, "header", "\"metadata\" is not a JSON object") }
+            metaJSON = Data(UnsafeRawBufferPointer(rebasing: headerBytes[span]))
         }
 
         var tensors: [Checkpoint.Tensor] = []
         var spans: [(Int, Int, String)] = []
         var names = Set<String>()
-        for (i, any) in list.enumerated() {
+        for (i, entry) in list.enumerated() {
             let place = "tensor #\(i)"
-            guard let t = any as? [String: Any] else { throw err(.badHeader, place, "entry is not an object") }
-            guard let name = t["name"] as? String, !name.isEmpty, name.utf8.count <= LCW.maxNameBytes else {
+            guard let t = entry.entry else { throw err(.badHeader, place, "entry is not an object") }
+            guard let name = t.name, !name.isEmpty, name.utf8.count <= LCW.maxNameBytes else {
                 throw err(.badHeader, place, "missing, empty or over-long name")
             }
             let tp = "tensor '\(name)'"
             guard names.insert(name).inserted else { throw err(.duplicateName, tp, "two tensors are named '\(name)'") }
-            guard let dn = t["dtype"] as? String, let dtype = DType(rawValue: dn) else {
-                throw err(.unknownDType, tp, "unknown dtype \(String(describing: t["dtype"] ?? "nil"))")
+            guard let dn = t.dtype, let dtype = DType(rawValue: dn) else {
+                throw err(.unknownDType, tp, "unknown dtype \(t.dtype ?? "nil")")
             }
-            guard let shapeAny = t["shape"] as? [Any], shapeAny.count <= LCW.maxRank else { throw err(.badHeader, tp, "shape missing or rank over \(LCW.maxRank)") }
-            let shape: [Int] = try shapeAny.map {
-                guard let n = ($0 as? NSNumber).flatMap({ Int(exactly: $0.doubleValue) }), n >= 0 else {
-                    throw err(.badHeader, tp, "shape entries must be non-negative integers")
-                }
-                return n
-            }
-            guard let offset = (t["offset"] as? NSNumber).flatMap({ Int(exactly: $0.doubleValue) }),
-                  let nbytes = (t["nbytes"] as? NSNumber).flatMap({ Int(exactly: $0.doubleValue) }), offset >= 0, nbytes >= 0 else {
+            guard let shape = t.shape, shape.count <= LCW.maxRank else { throw err(.badHeader, tp, "shape missing, not integers, or rank over \(LCW.maxRank)") }
+            guard shape.allSatisfy({ $0 >= 0 }) else { throw err(.badHeader, tp, "shape entries must be non-negative integers") }
+            guard let offset = t.offset, let nbytes = t.nbytes, offset >= 0, nbytes >= 0 else {
                 throw err(.badHeader, tp, "offset and nbytes must be non-negative integers")
             }
             guard let want = Checked.byteCount(shape, dtype) else { throw err(.overflow, tp, "shape \(shape) x \(dtype.size) bytes overflows") }
@@ -119,5 +124,92 @@ public enum LCWReader {
         }
         let ckpt = Checkpoint(file: file, format: .lcw, tensors: tensors, metadata: ["lcw_version": String(version)], source: source)
         return LCWFile(checkpoint: ckpt, metadataJSON: metaJSON, version: version, headerBytes: h, dataOffset: dataOffset)
+    }
+}
+
+/// The header's tensor list, each entry decoded leniently so that `LCWReader.read` names what is
+/// wrong with it; the "metadata" member is not decoded here (see `JSONSpans`).
+private struct HeaderEntries: Decodable {
+    let tensors: [LenientEntry]
+}
+
+private struct LenientEntry: Decodable {
+    struct Fields: Decodable {
+        var name: String?, dtype: String?, shape: [Int]?, offset: Int?, nbytes: Int?
+        enum CodingKeys: String, CodingKey { case name, dtype, shape, offset, nbytes }
+        init(from d: Decoder) throws {
+            let c = try d.container(keyedBy: CodingKeys.self)   // throws when the entry is not an object
+            name = try? c.decode(String.self, forKey: .name)
+            dtype = try? c.decode(String.self, forKey: .dtype)
+            shape = try? c.decode([Int].self, forKey: .shape)
+            offset = try? c.decode(Int.self, forKey: .offset)
+            nbytes = try? c.decode(Int.self, forKey: .nbytes)
+        }
+    }
+    let entry: Fields?
+    init(from d: Decoder) throws { entry = try? Fields(from: d) }
+}
+
+/// Where a member of a JSON object lies in its text, found by skipping values without building
+/// them. Only for text already known to be valid JSON (it does not validate).
+public enum JSONSpans {
+    public enum Found: Equatable { case absent, duplicate, at(Range<Int>) }
+
+    /// The byte range of the value of top-level member `key` (compared after unescaping).
+    public static func topLevelValue(_ key: String, in data: Data) -> Data? {
+        data.withUnsafeBytes { b in
+            if case .at(let r) = topLevelValue(key, in: b) { return Data(UnsafeRawBufferPointer(rebasing: b[r])) }
+            return nil
+        }
+    }
+
+    /// The byte range of the value of top-level member `key` (compared after unescaping).
+    public static func topLevelValue(_ key: String, in s: UnsafeRawBufferPointer) -> Found {
+        var i = 0, found: Range<Int>? = nil
+        func ws() { while i < s.count, s[i] == 0x20 || s[i] == 0x09 || s[i] == 0x0A || s[i] == 0x0D { i += 1 } }
+        func string() -> Range<Int> {   // at the opening quote; returns the whole literal
+            let start = i
+            i += 1
+            while i < s.count, s[i] != UInt8(ascii: "\"") { i += s[i] == UInt8(ascii: "\\") ? 2 : 1 }
+            i += 1
+            return start..<min(i, s.count)
+        }
+        func value() -> Range<Int> {
+            let start = i
+            if i < s.count, s[i] == UInt8(ascii: "\"") { return string() }
+            var depth = 0
+            while i < s.count {
+                let c = s[i]
+                if c == UInt8(ascii: "\"") { _ = string(); continue }
+                if c == UInt8(ascii: "{") || c == UInt8(ascii: "[") { depth += 1 }
+                else if c == UInt8(ascii: "}") || c == UInt8(ascii: "]") {
+                    if depth == 0 { break }
+                    depth -= 1
+                    if depth == 0 { i += 1; break }
+                } else if depth == 0 && (c == UInt8(ascii: ",") || c == 0x20 || c == 0x09 || c == 0x0A || c == 0x0D) { break }
+                i += 1
+            }
+            return start..<i
+        }
+        ws()
+        guard i < s.count, s[i] == UInt8(ascii: "{") else { return .absent }
+        i += 1
+        while true {
+            ws()
+            guard i < s.count, s[i] == UInt8(ascii: "\"") else { break }
+            let k = string()
+            ws(); i += 1; ws()   // the colon
+            let v = value()
+            let literal = Data(UnsafeRawBufferPointer(rebasing: s[k]))
+            let name = literal.contains(UInt8(ascii: "\\")) ? (try? JSONDecoder().decode(String.self, from: literal)) : String(decoding: literal.dropFirst().dropLast(), as: UTF8.self)
+            if name == key {
+                if found != nil { return .duplicate }
+                found = v
+            }
+            ws()
+            guard i < s.count, s[i] == UInt8(ascii: ",") else { break }
+            i += 1
+        }
+        return found.map { .at($0) } ?? .absent
     }
 }

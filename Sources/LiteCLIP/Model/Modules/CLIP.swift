@@ -12,20 +12,29 @@ import Foundation
 struct CLIP: Sendable {
     let config: LiteCLIPConfig
     let logitScale: Tensor                // logit_scale: ()
-    let imageEncoder: ConvNeXt            // image_encoder.backbone
-    let textEncoder: Bert                 // text_encoder.backbone
-    let imgProjection: ProjectionHead     // img_projection
-    let txtProjection: ProjectionHead     // txt_projection
+    private let parts: (image: Lazy<ConvNeXt>, text: Lazy<Bert>, imgHead: Lazy<ProjectionHead>, txtHead: Lazy<ProjectionHead>)
+    var imageEncoder: ConvNeXt { parts.image.value }             // image_encoder.backbone
+    var textEncoder: Bert { parts.text.value }                   // text_encoder.backbone
+    var imgProjection: ProjectionHead { parts.imgHead.value }    // img_projection
+    var txtProjection: ProjectionHead { parts.txtHead.value }    // txt_projection
 
-    /// - Parameter fused: run ConvNeXt's fused inference path (not for training, whose forward
-    ///   keeps what the plain path computes).
-    init(_ s: ParameterScope, _ c: LiteCLIPConfig, fused: Bool) throws {
+    /// - Parameters:
+    ///   - fused: run ConvNeXt's fused inference path (not for training, whose forward keeps what
+    ///     the plain path computes).
+    ///   - lazy: build each child on first use (the inference model: text-only work never reads
+    ///     the image weights). The tensors were placed strictly when the file was opened, so a
+    ///     later build cannot fail; recording and training build everything here, in key order.
+    init(_ s: ParameterScope, _ c: LiteCLIPConfig, fused: Bool, lazy: Bool = false) throws {
         config = c
         logitScale = try s.tensor("logit_scale", [])   // CLIP's own parameter comes before its children's
-        imageEncoder = try ConvNeXt(s.child("image_encoder").child("backbone"), c.image, fused: fused)
-        textEncoder = try Bert(s.child("text_encoder").child("backbone"), c.text)
-        imgProjection = try ProjectionHead(s.child("img_projection"), input: c.image.outputDim, dim: c.projectionDim)
-        txtProjection = try ProjectionHead(s.child("txt_projection"), input: c.text.hiddenSize, dim: c.projectionDim)
+        let lock = NSLock()   // one for all four: they take tensors from the same source
+        func part<T>(_ make: @escaping () throws -> T) throws -> Lazy<T> {
+            lazy ? Lazy(lock: lock, make) : Lazy(built: try make(), lock: lock)
+        }
+        parts = (try part { try ConvNeXt(s.child("image_encoder").child("backbone"), c.image, fused: fused) },
+                 try part { try Bert(s.child("text_encoder").child("backbone"), c.text) },
+                 try part { try ProjectionHead(s.child("img_projection"), input: c.image.outputDim, dim: c.projectionDim) },
+                 try part { try ProjectionHead(s.child("txt_projection"), input: c.text.hiddenSize, dim: c.projectionDim) })
     }
 
     /// One tower's caches: the encoder's (nil when it is frozen), the head's, and the norms.
@@ -105,5 +114,36 @@ struct CLIP: Sendable {
         if let c = image.encoder { imageEncoder.backward(c, dFeatures: dImgFeatures, grads: grads, ws: ws) }
         if let c = text.encoder { textEncoder.backward(c, dPooled: dTxtFeatures, grads: grads, ws: ws) }
         return (loss, logits)
+    }
+}
+
+/// A part of a model built on first use, under a lock shared with its siblings.
+final class Lazy<T>: @unchecked Sendable {
+    private var built: T?
+    private var make: (() throws -> T)?
+    private let lock: NSLock
+
+    init(lock: NSLock, _ make: @escaping () throws -> T) {
+        self.lock = lock
+        self.make = make
+    }
+
+    init(built: T, lock: NSLock) {
+        self.lock = lock
+        self.built = built
+    }
+
+    var value: T {
+        lock.lock()
+        defer { lock.unlock() }
+        if let built { return built }
+        do {
+            let v = try make!()
+            built = v
+            make = nil
+            return v
+        } catch {
+            preconditionFailure("a model part failed to build after its tensors were placed at open: \(error)")
+        }
     }
 }
