@@ -3,7 +3,8 @@ import Foundation
 import TensorIO
 
 /// `liteclip embed` and `liteclip zero-shot` over many files: L2-normalised embeddings in input
-/// order, batched; images are decoded and preprocessed on both cores before each batch runs.
+/// order, batched; each batch of images is decoded and preprocessed (on both cores) while the
+/// batch before it computes.
 public enum Embedder {
     /// The result of embedding image files.
     public struct ImageRun: Sendable {
@@ -24,20 +25,16 @@ public enum Embedder {
         var values: [Float] = []
         values.reserveCapacity(files.count * model.config.projectionDim)
         var kept: [String] = [], skipped: [SkippedFile] = []
-        var start = 0
-        while start < files.count {
-            let batch = Array(files[start..<min(start + max(batchSize, 1), files.count)])
-            var pixels = [Float](repeating: 0, count: batch.count * per)
-            var errors = [Error?](repeating: nil, count: batch.count)
-            pixels.withUnsafeMutableBufferPointer { px in
-                errors.withUnsafeMutableBufferPointer { errs in
-                    let pp = px.baseAddress!, ep = errs
-                    DispatchQueue.concurrentPerform(iterations: batch.count) { i in
-                        do { pre.normalize(pre.resizeAndCrop(try ImageDecoder.decode(path: batch[i])), into: pp + i * per) }
-                        catch { ep[i] = error }
-                    }
-                }
-            }
+        let size = max(batchSize, 1)
+        let batches = stride(from: 0, to: files.count, by: size).map { Array(files[$0..<min($0 + size, files.count)]) }
+
+        // Pipelined: the next batch is decoded on another thread while this one computes.
+        var next = batches.first.map { b in BackgroundValue { _ in decode(b, pre, per) } }
+        defer { _ = next?.wait() }   // never leave a decode running past a thrown error
+        var done = 0
+        for (index, batch) in batches.enumerated() {
+            var (pixels, errors) = next!.wait()
+            next = index + 1 < batches.count ? { let b = batches[index + 1]; return BackgroundValue { _ in decode(b, pre, per) } }() : nil
             if strict, let e = errors.compactMap({ $0 }).first { throw e }
             // Close the gaps the bad files left, then run the good ones.
             var good = 0
@@ -54,11 +51,29 @@ public enum Embedder {
                 kept.append(batch[i])
                 good += 1
             }
+            errors.removeAll()
             if good > 0 { values += model.imageEmbeddings(pixels: Array(pixels.prefix(good * per)), batch: good) }
-            start += batch.count
-            progress?(start, files.count)
+            done += batch.count
+            progress?(done, files.count)
         }
         return ImageRun(files: kept, embeddings: Embeddings(values: values, dimension: model.config.projectionDim), skipped: skipped)
+    }
+
+    /// One batch decoded and preprocessed on both cores: pixels (`per` floats each), and each
+    /// file's error.
+    private static func decode(_ batch: [String], _ pre: ImagePreprocessor, _ per: Int) -> (pixels: [Float], errors: [Error?]) {
+        var pixels = [Float](repeating: 0, count: batch.count * per)
+        var errors = [Error?](repeating: nil, count: batch.count)
+        pixels.withUnsafeMutableBufferPointer { px in
+            errors.withUnsafeMutableBufferPointer { errs in
+                let pp = px.baseAddress!, ep = errs
+                DispatchQueue.concurrentPerform(iterations: batch.count) { i in
+                    do { pre.normalize(pre.resizeAndCrop(try ImageDecoder.decode(path: batch[i])), into: pp + i * per) }
+                    catch { ep[i] = error }
+                }
+            }
+        }
+        return (pixels, errors)
     }
 
     /// Embeddings `(N, D)` row-major for `texts`, in order.
