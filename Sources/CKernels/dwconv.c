@@ -41,7 +41,35 @@ static void NAME(const float *x, int C, int B, int H, int W, int K, const float 
         }                                                                                               \
         const float *kw = wt + (long)c * K * K;                                                         \
         vf bias = (vf){} + dwb[c];                                                                      \
-        for (int r = r0; r < r1; r++) {                                                                 \
+        /* Four output rows at a time: four independent accumulator chains (one chain would             \
+           wait on the FMA latency at every tap), each summing its taps in the same order. */           \
+        int r = r0;                                                                                     \
+        for (; r + 4 <= r1; r += 4) {                                                                   \
+            float *out = y + ((long)c * B + b) * HW + (long)r * W;                                      \
+            for (int j = 0; j < W; j += VW) {                                                           \
+                vf a0 = bias, a1 = bias, a2 = bias, a3 = bias;                                          \
+                for (int ky = 0; ky < K; ky++) {                                                        \
+                    const float *in = s + (long)(r - r0 + ky) * PW + j;                                 \
+                    const float *wr = kw + ky * K;                                                      \
+                    for (int kx = 0; kx < K; kx++) {                                                    \
+                        vf v0, v1, v2, v3;                                                              \
+                        memcpy(&v0, in + kx, sizeof v0); memcpy(&v1, in + PW + kx, sizeof v1);          \
+                        memcpy(&v2, in + 2 * PW + kx, sizeof v2); memcpy(&v3, in + 3 * PW + kx, sizeof v3);\
+                        float wv = wr[kx];                                                              \
+                        a0 += wv * v0; a1 += wv * v1; a2 += wv * v2; a3 += wv * v3;                     \
+                    }                                                                                   \
+                }                                                                                       \
+                if (j + VW <= W) {                                                                    \
+                    memcpy(out + j, &a0, sizeof a0); memcpy(out + W + j, &a1, sizeof a1);               \
+                    memcpy(out + 2 * W + j, &a2, sizeof a2); memcpy(out + 3 * W + j, &a3, sizeof a3);   \
+                } else {                                                                                \
+                    int n = W - j;                                                                      \
+                    memcpy(out + j, &a0, sizeof(float) * n); memcpy(out + W + j, &a1, sizeof(float) * n);\
+                    memcpy(out + 2 * W + j, &a2, sizeof(float) * n); memcpy(out + 3 * W + j, &a3, sizeof(float) * n);\
+                }                                                                                       \
+            }                                                                                           \
+        }                                                                                               \
+        for (; r < r1; r++) {                                                                           \
             float *out = y + ((long)c * B + b) * HW + (long)r * W;                                      \
             for (int j = 0; j < W; j += VW) {                                                           \
                 vf acc = bias;                                                                          \
@@ -53,11 +81,11 @@ static void NAME(const float *x, int C, int B, int H, int W, int K, const float 
                         acc += wr[kx] * v;                                                              \
                     }                                                                                   \
                 }                                                                                       \
-                if (j + VW <= W) memcpy(out + j, &acc, sizeof acc);                                     \
-                else memcpy(out + j, &acc, sizeof(float) * (W - j));                                   \
+                memcpy(out + j, &acc, sizeof(float) * (W - j < VW ? W - j : VW));                       \
             }                                                                                           \
         }                                                                                               \
     }                                                                                                   \
+    if (!lnw) return;   /* the conv alone (training keeps the norm's statistics itself) */              \
     /* LayerNorm over channels of columns [q0, q0 + n), in place. */                                    \
     const long q0 = (long)b * HW + (long)r0 * W;                                                        \
     const int n = (r1 - r0) * W;                                                                        \
@@ -92,7 +120,8 @@ DWLN_IMPL(dwln_avx2, "avx2,fma", 8)
 
 int lc_dwconv_layernorm_rows(int channels, int width) {
     int r = 24576 / (channels * width > 0 ? channels * width : 1);
-    return r < 1 ? 1 : r;
+    r = r / 4 * 4;   /* whole groups of four rows (see the conv loop) */
+    return r < 4 ? 4 : r;
 }
 
 void lc_dwconv_layernorm(const float *x, int channels, int batch, int h, int w, int k, const float *weight,

@@ -303,3 +303,88 @@ void lc_sgemm(int m, int n, int k, const float *a, long lda, const float *b, lon
               float *c, long ldc, const lc_epilogue *e) {
     lc_sgemm_strided(m, n, k, a, lda, 1, b, ldb, 1, c, ldc, e);
 }
+
+// MARK: element-wise GELU and its derivative (training's plain path), same arithmetic as
+// Kernels.geluVector / geluDerivative / exp8 (Sources/LiteCLIP/Model/Layers/GELU.swift).
+
+__attribute__((target("avx512f")))
+static inline __m512 exp16(__m512 xin) {
+    __m512 x = _mm512_min_ps(xin, _mm512_set1_ps(88.0f));
+    __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_LT_OQ);
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    __m512 magic = _mm512_set1_ps(12582912.0f);
+    __m512 t = _mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), magic);
+    __m512 n = _mm512_sub_ps(t, magic);
+    __m512 r = _mm512_add_ps(_mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(0.693359375f))),
+                             _mm512_mul_ps(n, _mm512_set1_ps(2.12194440e-4f)));
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(5.0000001201e-1f));
+    __m512 er = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(p, r), r), r), _mm512_set1_ps(1.0f));
+    __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_sub_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(0x4B400000)),
+                                                      _mm512_set1_epi32(127)), 23);
+    __m512 out = _mm512_mul_ps(er, _mm512_castsi512_ps(bits));
+    return _mm512_mask_mov_ps(out, tiny, _mm512_setzero_ps());
+}
+
+__attribute__((target("avx512f")))
+static inline __m512 gelu_derivative16(__m512 v) {
+    __m512 x = _mm512_mul_ps(v, _mm512_set1_ps(0.70710678118654752f));
+    // erf as in gelu16
+    x = _mm512_min_ps(x, _mm512_set1_ps(4.0f));
+    x = _mm512_max_ps(x, _mm512_set1_ps(-4.0f));
+    __m512 x2 = _mm512_mul_ps(x, x);
+    __m512 p = _mm512_set1_ps(-2.72614225801306e-10f);
+    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(2.77068142495902e-08f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(-2.10102402082508e-06f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(-5.69250639462346e-05f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(-7.34990630326855e-04f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(-2.95459980854025e-03f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(-1.60960333262415e-02f));
+    __m512 q = _mm512_set1_ps(-1.45660718464996e-05f);
+    q = _mm512_add_ps(_mm512_mul_ps(q, x2), _mm512_set1_ps(-2.13374055278905e-04f));
+    q = _mm512_add_ps(_mm512_mul_ps(q, x2), _mm512_set1_ps(-1.68282697438203e-03f));
+    q = _mm512_add_ps(_mm512_mul_ps(q, x2), _mm512_set1_ps(-7.37332916720468e-03f));
+    q = _mm512_add_ps(_mm512_mul_ps(q, x2), _mm512_set1_ps(-1.42647390514189e-02f));
+    __m512 erf = _mm512_div_ps(_mm512_mul_ps(x, p), q);
+    __m512 cdf = _mm512_mul_ps(_mm512_set1_ps(0.5f), _mm512_add_ps(_mm512_set1_ps(1.0f), erf));
+    __m512 e = exp16(_mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(-0.5f), v), v));
+    return _mm512_add_ps(cdf, _mm512_mul_ps(_mm512_mul_ps(v, e), _mm512_set1_ps(0.3989422804014327f)));
+}
+
+__attribute__((target("avx512f")))
+static void gelu_run512(float *x, long n) {
+    long i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, gelu16(_mm512_loadu_ps(x + i)));
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(x + i, m, gelu16(_mm512_maskz_loadu_ps(m, x + i)));
+    }
+}
+
+__attribute__((target("avx512f")))
+static void gelu_backward_run512(const float *x, float *dy, long n) {
+    long i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(dy + i, _mm512_mul_ps(_mm512_loadu_ps(dy + i), gelu_derivative16(_mm512_loadu_ps(x + i))));
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        __m512 d = gelu_derivative16(_mm512_maskz_loadu_ps(m, x + i));
+        _mm512_mask_storeu_ps(dy + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, dy + i), d));
+    }
+}
+
+int lc_gelu(float *x, long n) {
+    if (detect() != 2) return 0;
+    gelu_run512(x, n);
+    return 1;
+}
+
+int lc_gelu_backward(const float *x, float *dy, long n) {
+    if (detect() != 2) return 0;
+    gelu_backward_run512(x, dy, n);
+    return 1;
+}

@@ -81,6 +81,25 @@ import CKernels
         return lc_sgemm_isa() == 2 ? "avx512" : "avx2"
     }
 
+    /// Time and GFLOP/s per layer type of the image tower at `batch` (the best of `reps`
+    /// forwards, after one untimed): which pass is the next bottleneck.
+    public static func layers(model m: LiteCLIPModel, batch: Int, reps: Int) -> [(name: String, seconds: Double, gflops: Double)] {
+        let px = pixels(batch: batch)
+        _ = m.imageEmbeddings(pixels: px, batch: batch)
+        var best: Kernels.LayerProfile? = nil
+        var bestTotal = Double.infinity
+        for _ in 0..<reps {
+            let p = Kernels.LayerProfile()
+            Kernels.profile = p
+            _ = m.imageEmbeddings(pixels: px, batch: batch)
+            Kernels.profile = nil
+            let total = p.seconds.values.reduce(0, +)
+            if total < bestTotal { (best, bestTotal) = (p, total) }
+        }
+        guard let p = best else { return [] }
+        return p.order.map { ($0, p.seconds[$0]!, p.flops[$0]! / p.seconds[$0]! / 1e9) }
+    }
+
     /// The model at `path`; `fused: false` runs ConvNeXt's plain path instead of the fused
     /// inference path (to measure what the fusion buys).
     public static func load(path: String, fused: Bool) throws -> LiteCLIPModel {

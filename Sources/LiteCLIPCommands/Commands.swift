@@ -98,6 +98,8 @@ struct Bench: ParsableCommand {
     var kernels: InferenceBenchmark.KernelChoice = .best
     @Option(help: ArgumentHelp("Run only the workloads whose name contains this text (e.g. 'batch 1').", valueName: "text"))
     var only: String?
+    @Flag(help: "Time each layer type of the image tower at batch 1 and 8 instead (seconds and GFLOP/s, the fused path).")
+    var layers = false
     @OptionGroup var modelOptions: ModelOptions
     @OptionGroup var output: OutputOptions
 
@@ -132,6 +134,18 @@ struct Bench: ParsableCommand {
             return
         }
         let m = try InferenceBenchmark.load(modelOptions.open(model, console), file: model, fused: !noFused)
+        if layers {
+            for b in [1, 8] {
+                for r in InferenceBenchmark.layers(model: m, batch: b, reps: reps) {
+                    if output.json {
+                        try console.json(Figure(name: "batch \(b): " + r.name, seconds: r.seconds, gflops: r.gflops), pretty: false)
+                    } else {
+                        print("batch \(b): " + r.name.padding(toLength: 40, withPad: " ", startingAt: 0) + String(format: "%8.4f s  %7.1f GFLOP/s", r.seconds, r.gflops))
+                    }
+                }
+            }
+            return
+        }
         for r in InferenceBenchmark.run(model: m, reps: reps, only: only) {
             if output.json {
                 try console.json(Figure(name: r.name, seconds: r.seconds, gflop: r.gflop, gflops: r.gflops), pretty: false)

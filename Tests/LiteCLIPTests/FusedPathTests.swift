@@ -49,6 +49,38 @@ final class FusedPathTests: XCTestCase {
         }
     }
 
+    /// The C loops that replace Swift ones (GELU, its derivative, the depthwise conv alone that
+    /// training runs) against those Swift loops, on lengths that leave vector tails.
+    func testCLoopsEqualSwiftLoops() {
+        var rng = SeededRNG(seed: 9)
+        let n = 16 * 37 + 11
+        let x = (0..<n).map { _ in (rng.nextFloat() * 2 - 1) * 8 }, dy = (0..<n).map { _ in rng.nextFloat() * 2 - 1 }
+        func both<T>(_ body: () -> T) -> (c: T, swift: T) {
+            let c = body()
+            Kernels.forceOpenBLAS = true
+            defer { Kernels.forceOpenBLAS = false }
+            return (c, body())
+        }
+        func maxDiff(_ a: [Float], _ b: [Float]) -> Float { zip(a, b).map { abs($0 - $1) }.max() ?? .infinity }
+        let g = both { () -> [Float] in var v = x; Kernels.gelu(&v, count: n); return v }
+        let gb = both { () -> [Float] in var d = dy; Kernels.geluBackward(x, &d, count: n); return d }
+        print("gelu: max abs diff \(maxDiff(g.c, g.swift)); gelu backward: \(maxDiff(gb.c, gb.swift))")
+        XCTAssertLessThanOrEqual(maxDiff(g.c, g.swift), 1e-6, "gelu")
+        XCTAssertLessThanOrEqual(maxDiff(gb.c, gb.swift), 1e-6, "gelu backward")
+        for (c, b, h, w) in [(5, 2, 9, 11), (3, 1, 7, 7), (4, 2, 20, 37)] {
+            let wt = Buffer([c, 1, 7, 7], (0..<(c * 49)).map { _ in rng.nextFloat() * 2 - 1 }).view
+            let bias = Buffer([c], (0..<c).map { _ in rng.nextFloat() }).view
+            let input = (0..<(c * b * h * w)).map { _ in rng.nextFloat() * 2 - 1 }
+            let conv = both { () -> [Float] in
+                var y = [Float](repeating: .nan, count: input.count)
+                Kernels.depthwiseConv(input, channels: c, batch: b, h: h, w: w, weight: wt, bias: bias, into: &y)
+                return y
+            }
+            print("depthwise conv \(c)x\(b)x\(h)x\(w): max abs diff \(maxDiff(conv.c, conv.swift))")
+            XCTAssertLessThanOrEqual(maxDiff(conv.c, conv.swift), 1e-5, "depthwise conv \(c)x\(b)x\(h)x\(w)")
+        }
+    }
+
     /// Each epilogue of our sgemm against the product by definition plus the separate pass it
     /// replaces (and `Kernels.gemm` with transposed operands, which training uses), on shapes
     /// that cover edge tiles (M not a multiple of 6, N not of 16), K split into blocks (K > 384),

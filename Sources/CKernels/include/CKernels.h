@@ -45,6 +45,13 @@ void lc_sgemm_strided(int m, int n, int k, const float *a, long rsa, long csa, c
 void lc_sgemm(int m, int n, int k, const float *a, long lda, const float *b, long ldb,
               float *c, long ldc, const lc_epilogue *epilogue);
 
+/// x = gelu(x) (the erf GELU of Kernels.geluVector, same arithmetic) over n floats; returns 0
+/// without touching x where the CPU has no AVX-512 (the caller runs its own loop).
+int lc_gelu(float *x, long n);
+
+/// dy *= gelu'(x) (Kernels.geluDerivative's arithmetic); 0 without AVX-512, as above.
+int lc_gelu_backward(const float *x, float *dy, long n);
+
 /// OpenBLAS's cblas_sgemm (row-major), loaded on first use with one thread; 0 when absent.
 int lc_blas_available(void);
 void lc_blas_sgemm(int trans_a, int trans_b, int m, int n, int k, const float *a, int lda, const float *b, int ldb,
@@ -52,7 +59,8 @@ void lc_blas_sgemm(int trans_a, int trans_b, int m, int n, int k, const float *a
 
 /// ConvNeXt's depthwise k x k conv (stride 1, zero padding k/2) then LayerNorm over channels,
 /// for output rows [row_start, row_end) of one image, into y (planes [C][B][H*W]; y must not be
-/// x). Callers split images and row blocks over the cores; needs lc_sgemm_available().
+/// x). Callers split images and row blocks over the cores; needs lc_sgemm_available(). With
+/// norm_weight NULL: the conv alone.
 void lc_dwconv_layernorm(const float *x, int channels, int batch, int h, int w, int k, const float *weight,
                          const float *conv_bias, const float *norm_weight, const float *norm_bias, float eps,
                          float *y, int image, int row_start, int row_end);

@@ -121,6 +121,31 @@ public enum Kernels {
         }
     }
 
+    // MARK: - Per-layer timing (liteclip bench --layers)
+
+    /// Seconds and flops per layer type, summed while a profile is installed (benchmarks only:
+    /// one forward at a time).
+    final class LayerProfile: @unchecked Sendable {
+        var seconds: [String: Double] = [:]
+        var flops: [String: Double] = [:]
+        var order: [String] = []
+    }
+
+    nonisolated(unsafe) static var profile: LayerProfile?
+
+    /// Runs `body`, adding its wall time and `flops` to the installed profile under `name`.
+    @inline(__always)
+    static func timed<T>(_ name: String, flops: Double, _ body: () -> T) -> T {
+        guard let p = profile else { return body() }
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        let r = body()
+        let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+        if p.seconds[name] == nil { p.order.append(name) }
+        p.seconds[name, default: 0] += dt
+        p.flops[name, default: 0] += flops
+        return r
+    }
+
     // MARK: - Matrix helpers
 
     /// `acc[r] += sum_j x[r][j]` over `rows x cols` (bias gradients of channels-first layers).

@@ -8,6 +8,13 @@ extension Kernels {
     /// `h x w`: `y[c][b] = conv(x[c][b], weight[c]) + bias[c]`. Planes are `[C][B][H*W]`.
     static func depthwiseConv(_ x: UnsafePointer<Float>, channels: Int, batch: Int, h: Int, w: Int,
                               weight: Tensor, bias: Tensor, into y: UnsafeMutablePointer<Float>) {
+        if useOwnGEMM {   // our C loop (the same sums in the same order), as the fused path uses
+            rowBlocks(channels: channels, batch: batch, h: h, w: w) { image, r0, r1 in
+                lc_dwconv_layernorm(x, Int32(channels), Int32(batch), Int32(h), Int32(w), Int32(weight.shape[2]), weight.data, bias.data,
+                                    nil, nil, 0, y, Int32(image), Int32(r0), Int32(r1))
+            }
+            return
+        }
         let k = weight.shape[2], pad = k / 2
         let pw = w + 2 * pad, ph = h + 2 * pad
         parallelFor(channels * batch, grain: 1) { range in
@@ -62,14 +69,21 @@ extension Kernels {
                                        weight: Tensor, bias: Tensor, norm: LayerNorm, eps: Float,
                                        into y: UnsafeMutablePointer<Float>) {
         let k = weight.shape[2]
+        rowBlocks(channels: channels, batch: batch, h: h, w: w) { image, r0, r1 in
+            lc_dwconv_layernorm(x, Int32(channels), Int32(batch), Int32(h), Int32(w), Int32(k), weight.data, bias.data,
+                                norm.weight.data, norm.bias.data, eps, y, Int32(image), Int32(r0), Int32(r1))
+        }
+    }
+
+    /// The C depthwise pass's work units, (image, rows r0..<r1) blocks, spread over the cores.
+    private static func rowBlocks(channels: Int, batch: Int, h: Int, w: Int, _ body: (Int, Int, Int) -> Void) {
         let rows = min(h, Int(lc_dwconv_layernorm_rows(Int32(channels), Int32(w))))
         let blocks = (h + rows - 1) / rows, units = batch * blocks
         let threads = min(ProcessInfo.processInfo.activeProcessorCount, units)
         DispatchQueue.concurrentPerform(iterations: threads) { t in
             for u in stride(from: t, to: units, by: threads) {
                 let image = u / blocks, r0 = (u % blocks) * rows
-                lc_dwconv_layernorm(x, Int32(channels), Int32(batch), Int32(h), Int32(w), Int32(k), weight.data, bias.data,
-                                    norm.weight.data, norm.bias.data, eps, y, Int32(image), Int32(r0), Int32(min(h, r0 + rows)))
+                body(image, r0, min(h, r0 + rows))
             }
         }
     }

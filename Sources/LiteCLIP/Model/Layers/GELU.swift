@@ -1,4 +1,5 @@
 import Foundation
+import CKernels
 
 /// GELU, exact erf form (`nn.GELU()` and BERT's "gelu"), forward beside backward, and the
 /// 8-wide erf and exp they are built on.
@@ -11,6 +12,8 @@ extension Kernels {
     /// Eigen and XLA use for float32; error about 1e-7 absolute), vectorised 8 wide.
     static func gelu(_ x: UnsafeMutablePointer<Float>, count: Int) {
         parallelFor(count, grain: 1 << 15) { range in
+            // Our C loop (AVX-512, the same arithmetic) where the CPU has it.
+            if useOwnGEMM && lc_gelu(x + range.lowerBound, range.count) != 0 { return }
             var i = range.lowerBound
             let raw = UnsafeMutableRawPointer(x)
             while i + 8 <= range.upperBound {
@@ -81,6 +84,7 @@ extension Kernels {
     /// `dx = dy * gelu'(x)`, `gelu'(x) = Phi(x) + x phi(x)`, in place on `dy`.
     static func geluBackward(_ x: UnsafePointer<Float>, _ dy: UnsafeMutablePointer<Float>, count: Int) {
         parallelFor(count, grain: 1 << 15) { range in
+            if useOwnGEMM && lc_gelu_backward(x + range.lowerBound, dy + range.lowerBound, range.count) != 0 { return }
             var i = range.lowerBound
             while i + 8 <= range.upperBound {
                 let v = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)

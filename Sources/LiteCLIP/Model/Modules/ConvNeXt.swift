@@ -48,12 +48,19 @@ struct ConvNeXtBlock {
             // then each product's epilogue does the pass that follows it while the tile is in
             // cache: bias + GELU after fc1; after fc2, x += gamma * (fc2 + b2) (t holds partial
             // sums when K is split). FusedPathTests holds it equal to the plain path below.
-            Kernels.depthwiseConvLayerNorm(x.data, channels: dim, batch: batch, h: h, w: w, weight: convDW.weight, bias: convDW.bias,
-                                           norm: norm, eps: eps, into: t.data)
+            let k2 = Double(convDW.weight.shape[2] * convDW.weight.shape[3]), mlp = 2 * Double(p) * Double(dim) * Double(h4)
+            Kernels.timed("depthwise conv 7x7 + LayerNorm", flops: 2 * Double(p * dim) * k2) {
+                Kernels.depthwiseConvLayerNorm(x.data, channels: dim, batch: batch, h: h, w: w, weight: convDW.weight, bias: convDW.bias,
+                                               norm: norm, eps: eps, into: t.data)
+            }
             let hidden = scratch.hidden
-            Kernels.fusedGEMM(fc1.weight.data, t.data, hidden.data, m: h4, n: p, k: dim, epilogue: .biasGELU(bias: fc1.bias.data))
-            Kernels.fusedGEMM(fc2.weight.data, hidden.data, t.data, m: dim, n: p, k: h4,
-                              epilogue: .residual(bias: fc2.bias.data, scale: gamma.data, into: x.data))
+            Kernels.timed("fc1 C->4C + bias + GELU", flops: mlp) {
+                Kernels.fusedGEMM(fc1.weight.data, t.data, hidden.data, m: h4, n: p, k: dim, epilogue: .biasGELU(bias: fc1.bias.data))
+            }
+            Kernels.timed("fc2 4C->C + layer scale + residual", flops: mlp) {
+                Kernels.fusedGEMM(fc2.weight.data, hidden.data, t.data, m: dim, n: p, k: h4,
+                                  epilogue: .residual(bias: fc2.bias.data, scale: gamma.data, into: x.data))
+            }
             return x
         }
         Kernels.depthwiseConv(x.data, channels: dim, batch: batch, h: h, w: w, weight: convDW.weight, bias: convDW.bias, into: t.data)
@@ -173,18 +180,25 @@ public struct ConvNeXt: Sendable {
         // Stem: conv 4x4/4, LayerNorm2d.
         h /= c.patchSize; w /= c.patchSize
         var x = ws.zeros([c.dims[0], b * h * w])
-        Kernels.patchConv(x0.data, inChannels: c.inChannels, batch: b, h: size, w: size, stride: c.patchSize,
-                          weight: stem.conv.weight, bias: stem.conv.bias, into: x.data)
-        let stemKept = layerNormChannels(x, channels: c.dims[0], norm: stem.norm, eps: eps, ws: ws, keep: cache != nil)
+        let stemFlops = 2.0 * Double(b * h * w) * Double(c.dims[0] * c.inChannels * c.patchSize * c.patchSize)
+        let stemKept = Kernels.timed("stem: patch conv 4x4 + LayerNorm", flops: stemFlops) {
+            Kernels.patchConv(x0.data, inChannels: c.inChannels, batch: b, h: size, w: size, stride: c.patchSize,
+                              weight: stem.conv.weight, bias: stem.conv.bias, into: x.data)
+            return layerNormChannels(x, channels: c.dims[0], norm: stem.norm, eps: eps, ws: ws, keep: cache != nil)
+        }
         cache?.stem = stemKept   // (evaluated first: an optional-chained assignment skips its right side when nil)
         for (i, stage) in stages.enumerated() {
             let dim = c.dims[i]
             if let ds = stage.downsample {
                 let cin = c.dims[i - 1]
-                let kept = layerNormChannels(x, channels: cin, norm: ds.norm, eps: eps, ws: ws, keep: cache != nil)
-                cache?.downsample.append(kept)
                 let y = ws.zeros([dim, b * (h / 2) * (w / 2)])
-                Kernels.patchConv(x.data, inChannels: cin, batch: b, h: h, w: w, stride: 2, weight: ds.conv.weight, bias: ds.conv.bias, into: y.data)
+                let dsFlops = 2.0 * Double(b * (h / 2) * (w / 2)) * Double(dim * cin * 4)
+                let kept = Kernels.timed("downsample: LayerNorm + patch conv 2x2", flops: dsFlops) {
+                    let kept = layerNormChannels(x, channels: cin, norm: ds.norm, eps: eps, ws: ws, keep: cache != nil)
+                    Kernels.patchConv(x.data, inChannels: cin, batch: b, h: h, w: w, stride: 2, weight: ds.conv.weight, bias: ds.conv.bias, into: y.data)
+                    return kept
+                }
+                cache?.downsample.append(kept)
                 h /= 2; w /= 2
                 x = y
             } else {
