@@ -43,8 +43,15 @@ extension LiteCLIPModel {
     public func zeroShot(imageFiles: [String], labels: [String], topK: Int? = nil, batchSize: Int = 16, strict: Bool = false,
                          progress: ((Int, Int) -> Void)? = nil) throws -> ZeroShotBatch {
         try Self.checkLabels(labels, file: "labels")
+        // The labels are embedded, and the image tower built and mapped, on another thread while
+        // the first images decode.
+        let labelEmbeddings = BackgroundValue { [self] _ in
+            _ = network.imageEncoder
+            return textEmbeddings(tokenizer.encodeBatch(labels))
+        }
+        defer { _ = labelEmbeddings.wait() }
         let run = try Embedder.images(imageFiles, model: self, batchSize: batchSize, strict: strict, progress: progress)
-        let txt = textEmbeddings(tokenizer.encodeBatch(labels))
+        let txt = labelEmbeddings.wait()
         let all = run.files.isEmpty ? [] : logits(imageEmbeddings: run.embeddings.values, textEmbeddings: txt)
         let n = labels.count
         let results = run.files.enumerated().map { i, f in rank(image: f, logits: Array(all[(i * n)..<((i + 1) * n)]), labels: labels, topK: topK) }

@@ -31,10 +31,26 @@ struct CLIP: Sendable {
         func part<T>(_ make: @escaping () throws -> T) throws -> Lazy<T> {
             lazy ? Lazy(lock: lock, make) : Lazy(built: try make(), lock: lock)
         }
-        parts = (try part { try ConvNeXt(s.child("image_encoder").child("backbone"), c.image, fused: fused) },
+        parts = (try part {
+                    let first = s.source.loaded.count
+                    let tower = try ConvNeXt(s.child("image_encoder").child("backbone"), c.image, fused: fused)
+                    // Map the tower's weights in one call per tensor rather than fault by fault
+                    // during the first forward (they are most of the file).
+                    if lazy { for t in s.source.loaded[first...] { Self.prefault(t.tensor) } }
+                    return tower
+                 },
                  try part { try Bert(s.child("text_encoder").child("backbone"), c.text) },
                  try part { try ProjectionHead(s.child("img_projection"), input: c.image.outputDim, dim: c.projectionDim) },
                  try part { try ProjectionHead(s.child("txt_projection"), input: c.text.hiddenSize, dim: c.projectionDim) })
+    }
+
+    /// Asks the kernel to map a tensor's pages now (MADV_POPULATE_READ, Linux 5.14+; a no-op
+    /// elsewhere): for weights that point into the file mapping.
+    static func prefault(_ t: Tensor) {
+        let page = 4096, start = Int(bitPattern: t.data) / page * page
+        let end = Int(bitPattern: t.data + t.count)
+        guard t.count > 0, end > start else { return }
+        _ = madvise(UnsafeMutableRawPointer(bitPattern: start), end - start, 22 /* MADV_POPULATE_READ */)
     }
 
     /// One tower's caches: the encoder's (nil when it is frozen), the head's, and the norms.
