@@ -6,15 +6,24 @@
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
+#include <pthread.h>
 
 static __thread float *dw_scratch = NULL;
 static __thread size_t dw_capacity = 0;
 
+static pthread_key_t dw_key;
+static pthread_once_t dw_key_once = PTHREAD_ONCE_INIT;
+static void free_scratch(void *p) { free(p); }
+static void make_dw_key(void) { pthread_key_create(&dw_key, free_scratch); }
+
+float *lc_thread_buffer(float **slot, size_t *capacity, size_t need);   /* sgemm.c */
+
+// A per-thread scratch, grown as needed, freed when the thread ends.
 static float *scratch(size_t n) {
     if (n > dw_capacity) {
-        free(dw_scratch);
-        dw_scratch = aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64);
-        dw_capacity = n;
+        pthread_once(&dw_key_once, make_dw_key);
+        lc_thread_buffer(&dw_scratch, &dw_capacity, n);
+        pthread_setspecific(dw_key, dw_scratch);
     }
     return dw_scratch;
 }
@@ -131,4 +140,61 @@ void lc_dwconv_layernorm(const float *x, int channels, int batch, int h, int w, 
         dwln_avx512(x, channels, batch, h, w, k, weight, conv_bias, norm_weight, norm_bias, eps, y, image, row_start, row_end);
     else
         dwln_avx2(x, channels, batch, h, w, k, weight, conv_bias, norm_weight, norm_bias, eps, y, image, row_start, row_end);
+}
+
+// The depthwise conv's weight gradient for channels [c0, c1): dW[c][ky][kx] += sum over images,
+// rows and columns of x_padded[r + ky][j + kx] * dy[r][j] (each image's sum in float, added in
+// double, as the Swift loop it replaces). Four taps at a time share each load of dy.
+#define DWGRAD_IMPL(NAME, TARGET, VW)                                                                   \
+__attribute__((target(TARGET)))                                                                         \
+static void NAME(const float *x, const float *dy, int C, int B, int H, int W, int K, int c0, int c1,    \
+                 float *dw) {                                                                           \
+    typedef float vf __attribute__((vector_size(VW * 4)));                                              \
+    const int pad = K / 2, PW = W + 2 * pad + VW, PH = H + 2 * pad;                                     \
+    const long HW = (long)H * W;                                                                        \
+    float *s = scratch((size_t)PH * PW + VW);                                                           \
+    double acc[64];                                                                                     \
+    for (int c = c0; c < c1; c++) {                                                                     \
+        for (int i = 0; i < K * K; i++) acc[i] = 0;                                                     \
+        for (int b = 0; b < B; b++) {                                                                   \
+            const float *plane = x + ((long)c * B + b) * HW, *g = dy + ((long)c * B + b) * HW;          \
+            memset(s, 0, sizeof(float) * ((size_t)PH * PW + VW));                                       \
+            for (int r = 0; r < H; r++) memcpy(s + (long)(r + pad) * PW + pad, plane + (long)r * W, sizeof(float) * W); \
+            for (int ky = 0; ky < K; ky++) {                                                            \
+                for (int kx0 = 0; kx0 < K; kx0 += 4) {                                                  \
+                    int nt = K - kx0 < 4 ? K - kx0 : 4;                                                 \
+                    vf a0 = {}, a1 = {}, a2 = {}, a3 = {};                                              \
+                    float t0 = 0, t1 = 0, t2 = 0, t3 = 0;                                               \
+                    for (int r = 0; r < H; r++) {                                                       \
+                        const float *src = s + (long)(r + ky) * PW + kx0, *gr = g + (long)r * W;        \
+                        int j = 0;                                                                      \
+                        for (; j + VW <= W; j += VW) {                                                  \
+                            vf gv, v0, v1, v2, v3;                                                      \
+                            memcpy(&gv, gr + j, sizeof gv);                                             \
+                            memcpy(&v0, src + j, sizeof v0); memcpy(&v1, src + j + 1, sizeof v1);       \
+                            memcpy(&v2, src + j + 2, sizeof v2); memcpy(&v3, src + j + 3, sizeof v3);   \
+                            a0 += v0 * gv; a1 += v1 * gv; a2 += v2 * gv; a3 += v3 * gv;                 \
+                        }                                                                               \
+                        for (; j < W; j++) {                                                            \
+                            float gj = gr[j];                                                           \
+                            t0 += src[j] * gj; t1 += src[j + 1] * gj; t2 += src[j + 2] * gj; t3 += src[j + 3] * gj; \
+                        }                                                                               \
+                    }                                                                                   \
+                    float tot[4] = {t0, t1, t2, t3};                                                    \
+                    for (int l = 0; l < VW; l++) { tot[0] += a0[l]; tot[1] += a1[l]; tot[2] += a2[l]; tot[3] += a3[l]; } \
+                    for (int q = 0; q < nt; q++) acc[ky * K + kx0 + q] += (double)tot[q];               \
+                }                                                                                       \
+            }                                                                                           \
+        }                                                                                               \
+        for (int i = 0; i < K * K; i++) dw[(long)c * K * K + i] += (float)acc[i];                       \
+    }                                                                                                   \
+}
+
+DWGRAD_IMPL(dwgrad_avx512, "avx512f", 16)
+DWGRAD_IMPL(dwgrad_avx2, "avx2,fma", 8)
+
+void lc_dwconv_weight_grad(const float *x, const float *dy, int channels, int batch, int h, int w, int k,
+                           int channel_start, int channel_end, float *dweight) {
+    if (lc_sgemm_isa() == 2) dwgrad_avx512(x, dy, channels, batch, h, w, k, channel_start, channel_end, dweight);
+    else dwgrad_avx2(x, dy, channels, batch, h, w, k, channel_start, channel_end, dweight);
 }

@@ -15,6 +15,8 @@
 #include <immintrin.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
+#include <pthread.h>
 
 #define MR 6
 #define NR_MAX 32
@@ -73,9 +75,10 @@ static void pack_b(int kc, int nc, int nr, const float *b, long rsb, long csb, f
     }
 }
 
+// erf(x) by the rational approximation of Kernels.erf8 (x P(x^2) / Q(x^2) on [-4, 4]), 16 wide,
+// with separate multiplies and adds as Swift compiles it.
 __attribute__((target("avx512f")))
-static inline __m512 gelu16(__m512 v) {
-    __m512 x = _mm512_mul_ps(v, _mm512_set1_ps(0.70710678118654752f));
+static inline __m512 erf16(__m512 x) {
     x = _mm512_min_ps(x, _mm512_set1_ps(4.0f));
     x = _mm512_max_ps(x, _mm512_set1_ps(-4.0f));
     __m512 x2 = _mm512_mul_ps(x, x);
@@ -91,7 +94,12 @@ static inline __m512 gelu16(__m512 v) {
     q = _mm512_add_ps(_mm512_mul_ps(q, x2), _mm512_set1_ps(-1.68282697438203e-03f));
     q = _mm512_add_ps(_mm512_mul_ps(q, x2), _mm512_set1_ps(-7.37332916720468e-03f));
     q = _mm512_add_ps(_mm512_mul_ps(q, x2), _mm512_set1_ps(-1.42647390514189e-02f));
-    __m512 erf = _mm512_div_ps(_mm512_mul_ps(x, p), q);
+    return _mm512_div_ps(_mm512_mul_ps(x, p), q);
+}
+
+__attribute__((target("avx512f")))
+static inline __m512 gelu16(__m512 v) {
+    __m512 erf = erf16(_mm512_mul_ps(v, _mm512_set1_ps(0.70710678118654752f)));
     return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v), _mm512_add_ps(_mm512_set1_ps(1.0f), erf));
 }
 
@@ -254,6 +262,23 @@ static void epilogue(const float *tile, int mr, int nr, int r, int j, float *c, 
 static __thread float *pack_buffer = NULL;
 static __thread size_t pack_capacity = 0;
 
+// Per-thread buffers grow as needed and are freed when their thread ends (callers run on
+// Dispatch's workers and on short-lived threads).
+static pthread_key_t buffer_key;
+static pthread_once_t buffer_key_once = PTHREAD_ONCE_INIT;
+static void free_buffer(void *p) { free(p); }
+static void make_buffer_key(void) { pthread_key_create(&buffer_key, free_buffer); }
+
+float *lc_thread_buffer(float **slot, size_t *capacity, size_t need) {
+    if (need <= *capacity) return *slot;
+    float *p = aligned_alloc(64, (need * sizeof(float) + 63) / 64 * 64);
+    if (!p) { fprintf(stderr, "liteclip: out of memory for a %zu-float kernel buffer\n", need); abort(); }
+    free(*slot);
+    *slot = p;
+    *capacity = need;
+    return p;
+}
+
 void lc_sgemm_strided(int m, int n, int k, const float *a, long rsa, long csa, const float *b, long rsb, long csb,
                       float *c, long ldc, const lc_epilogue *e) {
     if (m <= 0 || n <= 0 || detect() == 0) return;
@@ -265,9 +290,9 @@ void lc_sgemm_strided(int m, int n, int k, const float *a, long rsa, long csa, c
     int ncap = n < NC ? n : NC;
     size_t need = (size_t)kc_max * (size_t)((ncap + nr - 1) / nr * nr) + NR_MAX;
     if (need > pack_capacity) {
-        free(pack_buffer);
-        pack_buffer = aligned_alloc(64, (need * sizeof(float) + 63) / 64 * 64);
-        pack_capacity = need;
+        pthread_once(&buffer_key_once, make_buffer_key);
+        lc_thread_buffer(&pack_buffer, &pack_capacity, need);
+        pthread_setspecific(buffer_key, pack_buffer);   // freed when this thread ends
     }
     float tile[MR * NR_MAX] __attribute__((aligned(64)));
     for (int jc = 0; jc < n; jc += NC) {
@@ -332,24 +357,7 @@ static inline __m512 exp16(__m512 xin) {
 
 __attribute__((target("avx512f")))
 static inline __m512 gelu_derivative16(__m512 v) {
-    __m512 x = _mm512_mul_ps(v, _mm512_set1_ps(0.70710678118654752f));
-    // erf as in gelu16
-    x = _mm512_min_ps(x, _mm512_set1_ps(4.0f));
-    x = _mm512_max_ps(x, _mm512_set1_ps(-4.0f));
-    __m512 x2 = _mm512_mul_ps(x, x);
-    __m512 p = _mm512_set1_ps(-2.72614225801306e-10f);
-    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(2.77068142495902e-08f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(-2.10102402082508e-06f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(-5.69250639462346e-05f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(-7.34990630326855e-04f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(-2.95459980854025e-03f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(-1.60960333262415e-02f));
-    __m512 q = _mm512_set1_ps(-1.45660718464996e-05f);
-    q = _mm512_add_ps(_mm512_mul_ps(q, x2), _mm512_set1_ps(-2.13374055278905e-04f));
-    q = _mm512_add_ps(_mm512_mul_ps(q, x2), _mm512_set1_ps(-1.68282697438203e-03f));
-    q = _mm512_add_ps(_mm512_mul_ps(q, x2), _mm512_set1_ps(-7.37332916720468e-03f));
-    q = _mm512_add_ps(_mm512_mul_ps(q, x2), _mm512_set1_ps(-1.42647390514189e-02f));
-    __m512 erf = _mm512_div_ps(_mm512_mul_ps(x, p), q);
+    __m512 erf = erf16(_mm512_mul_ps(v, _mm512_set1_ps(0.70710678118654752f)));
     __m512 cdf = _mm512_mul_ps(_mm512_set1_ps(0.5f), _mm512_add_ps(_mm512_set1_ps(1.0f), erf));
     __m512 e = exp16(_mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(-0.5f), v), v));
     return _mm512_add_ps(cdf, _mm512_mul_ps(_mm512_mul_ps(v, e), _mm512_set1_ps(0.3989422804014327f)));

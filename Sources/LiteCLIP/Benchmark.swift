@@ -107,7 +107,7 @@ import CKernels
     }
 
     public static func load(_ loaded: ModelSource.Loaded, file: String, fused: Bool) throws -> LiteCLIPModel {
-        try LiteCLIPModel(metadata: loaded.metadata, tensors: loaded.tensors, file: file, fused: fused)
+        try LiteCLIPModel(metadata: loaded.metadata, tensors: loaded.tensors, file: file, fused: fused, lazy: loaded.isMapped)
     }
 
     /// - Parameter only: run just the workloads whose name contains this text.

@@ -33,28 +33,31 @@ public final class LiteCLIPModel: Sendable {
     /// As `init(contentsOf:)`, with conversion options for checkpoints that are not `.lcw`.
     public convenience init(path: String, options: Converter.Options = .init()) throws {
         let loaded = try ModelSource.open(path, options: options)
-        try self.init(metadata: loaded.metadata, tensors: loaded.tensors, file: path)
+        try self.init(metadata: loaded.metadata, tensors: loaded.tensors, file: path, lazy: loaded.isMapped)
     }
 
     /// A model from weights already opened with `ModelSource.open` (`file` names them in errors).
     public convenience init(_ loaded: ModelSource.Loaded, file: String) throws {
-        try self.init(metadata: loaded.metadata, tensors: loaded.tensors, file: file)
+        try self.init(metadata: loaded.metadata, tensors: loaded.tensors, file: file, lazy: loaded.isMapped)
     }
 
     public convenience init(_ file: LiteCLIPFile) throws {
-        try self.init(metadata: file.metadata, tensors: file.tensors, file: file.lcw.checkpoint.file)
+        try self.init(metadata: file.metadata, tensors: file.tensors, file: file.lcw.checkpoint.file, lazy: true)
     }
 
-    /// Maps nothing more than the file already is: each tower is built on first use.
-    /// - Parameter fused: run the fused inference path (`false`: the plain path, for benchmarks).
-    init(metadata: LCWMetadata, tensors: [Checkpoint.Tensor], file: String, fused: Bool = true) throws {
+    /// - Parameters:
+    ///   - fused: run the fused inference path (`false`: the plain path, for benchmarks).
+    ///   - lazy: build each tower on first use (weights that are views of a mapped `.lcw`, whose
+    ///     loading cannot fail); a checkpoint converted in memory is built here, so that a tensor
+    ///     that fails to load (a corrupt compressed entry) is an error of the open.
+    init(metadata: LCWMetadata, tensors: [Checkpoint.Tensor], file: String, fused: Bool = true, lazy: Bool = false) throws {
         self.metadata = metadata
         self.file = file
         config = metadata.model
         preprocess = metadata.preprocess
         tokenizer = BertTokenizer(spec: metadata.tokenizer)
         let source = ParameterSource(.view(Dictionary(tensors.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })), file: file)
-        network = try CLIP(ParameterScope(source), config, fused: fused, lazy: true)
+        network = try CLIP(ParameterScope(source), config, fused: fused, lazy: lazy)
     }
 
     func workspace() -> Workspace { Workspace(pool: pool) }

@@ -50,7 +50,8 @@ final class FusedPathTests: XCTestCase {
     }
 
     /// The C loops that replace Swift ones (GELU, its derivative, the depthwise conv alone that
-    /// training runs) against those Swift loops, on lengths that leave vector tails.
+    /// training runs and its weight gradient) against those Swift loops, on lengths that leave
+    /// vector tails.
     func testCLoopsEqualSwiftLoops() {
         var rng = SeededRNG(seed: 9)
         let n = 16 * 37 + 11
@@ -78,6 +79,18 @@ final class FusedPathTests: XCTestCase {
             }
             print("depthwise conv \(c)x\(b)x\(h)x\(w): max abs diff \(maxDiff(conv.c, conv.swift))")
             XCTAssertLessThanOrEqual(maxDiff(conv.c, conv.swift), 1e-5, "depthwise conv \(c)x\(b)x\(h)x\(w)")
+            // The weight gradient (training's backward).
+            let g = (0..<input.count).map { _ in rng.nextFloat() * 2 - 1 }
+            let dw = both { () -> [Float] in
+                var d = [Float](repeating: 0.5, count: c * 49)
+                var scratch = [Float](repeating: 0, count: input.count)
+                Kernels.depthwiseConvBackward(x: input, dy: g, channels: c, batch: b, h: h, w: w, weight: wt, dWeight: &d, dBias: nil,
+                                              accumulateInto: nil, scratch: &scratch)
+                return d
+            }
+            print("depthwise conv weight gradient \(c)x\(b)x\(h)x\(w): max abs diff \(maxDiff(dw.c, dw.swift))")
+            XCTAssertNotEqual(dw.c, [Float](repeating: 0.5, count: c * 49))
+            XCTAssertLessThanOrEqual(maxDiff(dw.c, dw.swift), 1e-4, "depthwise conv weight gradient \(c)x\(b)x\(h)x\(w)")
         }
     }
 

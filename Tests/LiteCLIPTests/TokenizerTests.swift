@@ -88,14 +88,15 @@ final class TokenizerTests: XCTestCase {
         }
     }
 
-    /// vocab.txt lines end at "\n" only, as Hugging Face's `load_vocab` reads them: a "\r" before it
-    /// stays in the token; a missing final newline changes nothing.
-    func testVocabLinesSplitAtNewlineOnly() throws {
+    /// vocab.txt lines end at "\n", "\r\n" or "\r", as Hugging Face's `load_vocab` reads them
+    /// (Python's universal newlines); an empty line is a token; a missing final newline changes
+    /// nothing.
+    func testVocabLinesSplitAsPythonReadsThem() throws {
         let dir = Fixtures.tempDir()
-        let specials = "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n"
+        let specials = "[PAD]\n[UNK]\r\n[CLS]\r[SEP]\n[MASK]\n"
         try Data((specials + "caf\u{e9}\r\nb\n\nz").utf8).write(to: URL(fileURLWithPath: dir + "/vocab.txt"))
         let spec = try TokenizerSpec.load(vocabTxt: dir + "/vocab.txt")
-        XCTAssertEqual(Array(spec.vocab.dropFirst(5)), ["caf\u{e9}\r", "b", "", "z"])
+        XCTAssertEqual(spec.vocab, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "caf\u{e9}", "b", "", "z"])
         try Data([0x5B, 0x50, 0x41, 0x44, 0x5D, 0x0A, 0xFF, 0x0A]).write(to: URL(fileURLWithPath: dir + "/vocab.txt"))
         XCTAssertThrowsError(try TokenizerSpec.load(vocabTxt: dir + "/vocab.txt")) { XCTAssertTrue("\($0)".contains("not UTF-8"), "\($0)") }
     }

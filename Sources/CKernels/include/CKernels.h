@@ -65,6 +65,11 @@ void lc_dwconv_layernorm(const float *x, int channels, int batch, int h, int w, 
                          const float *conv_bias, const float *norm_weight, const float *norm_bias, float eps,
                          float *y, int image, int row_start, int row_end);
 
+/// The depthwise conv's weight gradient for channels [channel_start, channel_end), accumulated
+/// into dweight (C, 1, k, k); x and dy are planes [C][B][H*W]. k at most 8.
+void lc_dwconv_weight_grad(const float *x, const float *dy, int channels, int batch, int h, int w, int k,
+                           int channel_start, int channel_end, float *dweight);
+
 /// Rows per block for `lc_dwconv_layernorm` that keep a block's output (C x rows x W) in cache.
 int lc_dwconv_layernorm_rows(int channels, int width);
 

@@ -103,6 +103,9 @@ public enum ModelSource {
         public let tensors: [Checkpoint.Tensor]
         /// How the file was read: "lcw", "training checkpoint", or "converted from <format>".
         public let kind: String
+        /// The weights are views of a mapped `.lcw` (a `.lcw` or a training checkpoint): loading
+        /// them cannot fail, so a model may build its parts on first use.
+        public var isMapped: Bool { kind == "lcw" || kind == "training checkpoint" }
         /// For a conversion in memory: the tokenizer and BERT config files it used.
         public var tokenizerFile: String? = nil
         public var textConfigFile: String? = nil

@@ -80,7 +80,8 @@ public enum Kernels {
     private static func product(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>,
                                 m: Int, n: Int, k: Int, transA: Bool, transB: Bool, epilogue e: lc_epilogue) {
         let own = useOwnGEMM
-        precondition(own || e.kind == Int32(LC_EPILOGUE_STORE) || e.kind == Int32(LC_EPILOGUE_ACCUMULATE), "fused epilogue without our sgemm")
+        precondition(own || (e.bias == nil && (e.kind == Int32(LC_EPILOGUE_STORE) || e.kind == Int32(LC_EPILOGUE_ACCUMULATE))),
+                     "fused epilogue without our sgemm")
         // OpenBLAS (loaded on first use, one thread: the split below uses the cores) where ours cannot run.
         if !own && lc_blas_available() == 0 {
             fatalError("this CPU has no AVX2 and OpenBLAS (libopenblas0) is not installed: install it to run liteclip here")

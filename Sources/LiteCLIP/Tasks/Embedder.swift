@@ -34,8 +34,9 @@ public enum Embedder {
         var done = 0
         for (index, batch) in batches.enumerated() {
             var (pixels, errors) = next!.wait()
-            next = index + 1 < batches.count ? { let b = batches[index + 1]; return BackgroundValue { _ in decode(b, pre, per) } }() : nil
+            next = nil
             if strict, let e = errors.compactMap({ $0 }).first { throw e }
+            if index + 1 < batches.count { let b = batches[index + 1]; next = BackgroundValue { _ in decode(b, pre, per) } }
             // Close the gaps the bad files left, then run the good ones.
             var good = 0
             for i in batch.indices {

@@ -87,10 +87,21 @@ public struct TokenizerSpec: Codable, Equatable, Sendable {
         guard String(validating: data, as: UTF8.self) != nil else {
             throw ModelError(.badTokenizer, file: path, "vocabulary is not UTF-8")
         }
-        // One token per line, split at the byte 0x0A only (as Hugging Face's `load_vocab` does:
-        // a "\r" before it stays part of the token).
-        var lines = data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
-        if lines.last == "" { lines.removeLast() }
+        // One token per line, lines ended by "\n", "\r\n" or "\r": Hugging Face's `load_vocab`
+        // reads the file in Python's text mode (universal newlines), then strips the "\n".
+        var lines: [String] = []
+        data.withUnsafeBytes { (b: UnsafeRawBufferPointer) in
+            var start = 0, i = 0
+            while i < b.count {
+                if b[i] == 0x0A || b[i] == 0x0D {
+                    lines.append(String(decoding: UnsafeRawBufferPointer(rebasing: b[start..<i]), as: UTF8.self))
+                    if b[i] == 0x0D && i + 1 < b.count && b[i + 1] == 0x0A { i += 1 }
+                    start = i + 1
+                }
+                i += 1
+            }
+            if start < b.count { lines.append(String(decoding: UnsafeRawBufferPointer(rebasing: b[start...]), as: UTF8.self)) }
+        }
         guard !lines.isEmpty else { throw ModelError(.badTokenizer, file: path, "vocabulary is empty") }
         var spec = TokenizerSpec(vocab: lines)
         try spec.applyTokenizerConfig(beside: path)

@@ -199,7 +199,9 @@ public enum JSONSpans {
             guard i < s.count, s[i] == UInt8(ascii: "\"") else { break }
             let k = string()
             ws(); i += 1; ws()   // the colon
+            guard i < s.count else { break }   // (only on text that is not JSON)
             let v = value()
+            guard !v.isEmpty else { break }
             let literal = Data(UnsafeRawBufferPointer(rebasing: s[k]))
             let name = literal.contains(UInt8(ascii: "\\")) ? (try? JSONDecoder().decode(String.self, from: literal)) : String(decoding: literal.dropFirst().dropLast(), as: UTF8.self)
             if name == key {

@@ -8,7 +8,7 @@ extension Kernels {
     /// `h x w`: `y[c][b] = conv(x[c][b], weight[c]) + bias[c]`. Planes are `[C][B][H*W]`.
     static func depthwiseConv(_ x: UnsafePointer<Float>, channels: Int, batch: Int, h: Int, w: Int,
                               weight: Tensor, bias: Tensor, into y: UnsafeMutablePointer<Float>) {
-        if useOwnGEMM {   // our C loop (the same sums in the same order), as the fused path uses
+        if useOwnGEMM {   // our C loop (the same taps in the same order, fused multiply-adds), as the fused path uses
             rowBlocks(channels: channels, batch: batch, h: h, w: w) { image, r0, r1 in
                 lc_dwconv_layernorm(x, Int32(channels), Int32(batch), Int32(h), Int32(w), Int32(weight.shape[2]), weight.data, bias.data,
                                     nil, nil, 0, y, Int32(image), Int32(r0), Int32(r1))
@@ -109,6 +109,13 @@ extension Kernels {
         }
         if let dBias { addRowSums(dy, rows: channels, cols: batch * h * w, into: dBias) }
         guard let dWeight else { return }
+        if useOwnGEMM && k <= 8 {   // our C loop (AVX-512 / AVX2): a float sum per image, added in double
+            parallelFor(channels, grain: 1) { range in
+                lc_dwconv_weight_grad(x, dy, Int32(channels), Int32(batch), Int32(h), Int32(w), Int32(k),
+                                      Int32(range.lowerBound), Int32(range.upperBound), dWeight)
+            }
+            return
+        }
         let pw = w + 2 * pad, ph = h + 2 * pad
         parallelFor(channels, grain: 1) { range in
             var padded = [Float](repeating: 0, count: ph * pw)
