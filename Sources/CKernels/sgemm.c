@@ -39,7 +39,11 @@ int lc_sgemm_available(void) { return detect() > 0; }
 
 int lc_sgemm_isa(void) { return detect(); }
 
-void lc_sgemm_force_isa(int level) { detect(); if (level >= 0 && level <= isa) isa = level; }
+void lc_sgemm_force_isa(int level) {
+    if (level < 0) { isa = -1; detect(); return; }   /* back to what the CPU has */
+    detect();
+    if (level <= isa) isa = level;
+}
 
 // Packs B[pc.., jc..] (kc x nc, element (p, j) at b[p*rsb + j*csb]) into nr-wide panels.
 __attribute__((target("avx2,fma")))

@@ -3,6 +3,7 @@ import XCTest
 @testable import LiteCLIP
 @testable import TensorIO
 import TestSupport
+import CKernels
 
 /// ConvNeXt's fused inference path (gamma folded into fc2, bias + GELU in one pass, the residual
 /// as the sgemm's accumulate) against the plain path training also runs, on weights with a
@@ -12,8 +13,25 @@ final class FusedPathTests: XCTestCase {
     /// plain one. dim 8: tiny products on one core; dim 100: fc2's K = 400 is split into two
     /// blocks (partial sums in t), rows are not a multiple of 6 nor columns of 16, and both
     /// cores split the columns.
+    /// Every micro-kernel this CPU can run: AVX2 (6 x 16), and AVX-512 (6 x 32) where present.
+    static var kernelLevels: [Int32] {
+        lc_sgemm_force_isa(-1)
+        return lc_sgemm_isa() == 2 ? [2, 1] : [1]
+    }
+
+    /// Runs `body` once per micro-kernel, named in the failure messages.
+    func forEachKernel(_ body: (String) throws -> Void) rethrows {
+        defer { lc_sgemm_force_isa(-1) }
+        for level in Self.kernelLevels {
+            lc_sgemm_force_isa(level)
+            XCTAssertEqual(lc_sgemm_isa(), level)
+            try body(level == 2 ? "avx512" : "avx2")
+        }
+    }
+
     func testFusedBlockEqualsPlainPath() throws {
         XCTAssertTrue(Kernels.ownGEMMAvailable, "this CPU has AVX2 and FMA: the fused path must run")
+        try forEachKernel { isa in
         for (dim, b, h, w) in [(8, 2, 9, 11), (100, 2, 9, 11)] {
             let c = ConvNeXtConfig(dims: [dim, dim, dim, dim], depths: [1, 1, 1, 1])
             var rng = SeededRNG(seed: 11)
@@ -43,9 +61,10 @@ final class FusedPathTests: XCTestCase {
             let maxDiff = zip(a, e).map { abs($0 - $1) }.max() ?? .infinity
             let scale = e.map(abs).max() ?? 0
             let change = zip(e, input).map { abs($0 - $1) }.max() ?? 0
-            print("dim \(dim): fused vs plain block: max abs diff \(maxDiff), max |out| \(scale), max |out - in| \(change)")
+            print("\(isa) dim \(dim): fused vs plain block: max abs diff \(maxDiff), max |out| \(scale), max |out - in| \(change)")
             XCTAssertGreaterThan(change, 0.1, "the MLP branch must change the output for the comparison to mean anything")
-            XCTAssertLessThanOrEqual(maxDiff, 1e-5 * max(scale, 1), "dim \(dim): fused vs plain: max abs diff \(maxDiff)")
+            XCTAssertLessThanOrEqual(maxDiff, 1e-5 * max(scale, 1), "\(isa) dim \(dim): fused vs plain: max abs diff \(maxDiff)")
+        }
         }
     }
 
@@ -68,6 +87,7 @@ final class FusedPathTests: XCTestCase {
         print("gelu: max abs diff \(maxDiff(g.c, g.swift)); gelu backward: \(maxDiff(gb.c, gb.swift))")
         XCTAssertLessThanOrEqual(maxDiff(g.c, g.swift), 1e-6, "gelu")
         XCTAssertLessThanOrEqual(maxDiff(gb.c, gb.swift), 1e-6, "gelu backward")
+        forEachKernel { isa in
         for (c, b, h, w) in [(5, 2, 9, 11), (3, 1, 7, 7), (4, 2, 20, 37)] {
             let wt = Buffer([c, 1, 7, 7], (0..<(c * 49)).map { _ in rng.nextFloat() * 2 - 1 }).view
             let bias = Buffer([c], (0..<c).map { _ in rng.nextFloat() }).view
@@ -77,8 +97,8 @@ final class FusedPathTests: XCTestCase {
                 Kernels.depthwiseConv(input, channels: c, batch: b, h: h, w: w, weight: wt, bias: bias, into: &y)
                 return y
             }
-            print("depthwise conv \(c)x\(b)x\(h)x\(w): max abs diff \(maxDiff(conv.c, conv.swift))")
-            XCTAssertLessThanOrEqual(maxDiff(conv.c, conv.swift), 1e-5, "depthwise conv \(c)x\(b)x\(h)x\(w)")
+            print("\(isa) depthwise conv \(c)x\(b)x\(h)x\(w): max abs diff \(maxDiff(conv.c, conv.swift))")
+            XCTAssertLessThanOrEqual(maxDiff(conv.c, conv.swift), 1e-5, "\(isa) depthwise conv \(c)x\(b)x\(h)x\(w)")
             // The weight gradient (training's backward).
             let g = (0..<input.count).map { _ in rng.nextFloat() * 2 - 1 }
             let dw = both { () -> [Float] in
@@ -88,9 +108,10 @@ final class FusedPathTests: XCTestCase {
                                               accumulateInto: nil, scratch: &scratch)
                 return d
             }
-            print("depthwise conv weight gradient \(c)x\(b)x\(h)x\(w): max abs diff \(maxDiff(dw.c, dw.swift))")
+            print("\(isa) depthwise conv weight gradient \(c)x\(b)x\(h)x\(w): max abs diff \(maxDiff(dw.c, dw.swift))")
             XCTAssertNotEqual(dw.c, [Float](repeating: 0.5, count: c * 49))
-            XCTAssertLessThanOrEqual(maxDiff(dw.c, dw.swift), 1e-4, "depthwise conv weight gradient \(c)x\(b)x\(h)x\(w)")
+            XCTAssertLessThanOrEqual(maxDiff(dw.c, dw.swift), 1e-4, "\(isa) depthwise conv weight gradient \(c)x\(b)x\(h)x\(w)")
+        }
         }
     }
 
@@ -99,6 +120,7 @@ final class FusedPathTests: XCTestCase {
     /// that cover edge tiles (M not a multiple of 6, N not of 16), K split into blocks (K > 384),
     /// the row split (few columns) and the column split over the cores, and K = 0.
     func testFusedGEMMEqualsBLASAndPasses() {
+        forEachKernel { isa in
         var rng = SeededRNG(seed: 5)
         func random(_ n: Int) -> [Float] { (0..<n).map { _ in rng.nextFloat() * 2 - 1 } }
         for (m, n, k) in [(1, 1, 1), (7, 5, 3), (6, 16, 96), (13, 37, 400), (96, 49, 768), (40, 300, 1000), (200, 130, 64), (5, 9, 0)] {
@@ -114,7 +136,7 @@ final class FusedPathTests: XCTestCase {
             func check(_ name: String, _ got: [Float], _ ref: [Float]) {
                 let diff = zip(got, ref).map { abs($0 - $1) }.max() ?? 0
                 worst[name] = diff
-                XCTAssertLessThanOrEqual(diff, 2e-5 * Float(max(k, 1)).squareRoot(), "\(name) m \(m) n \(n) k \(k): max abs diff \(diff)")
+                XCTAssertLessThanOrEqual(diff, 2e-5 * Float(max(k, 1)).squareRoot(), "\(isa) \(name) m \(m) n \(n) k \(k): max abs diff \(diff)")
             }
             var c = [Float](repeating: .nan, count: m * n)
             Kernels.fusedGEMM(a, b, &c, m: m, n: n, k: k, epilogue: .store(bias: nil))
@@ -141,7 +163,8 @@ final class FusedPathTests: XCTestCase {
             var acc = d0
             Kernels.gemm(at, b, &acc, m: m, n: n, k: k, transA: true, accumulate: true)
             check("accumulate", acc, (0..<(m * n)).map { d0[$0] + want[$0] })
-            print("m \(m) n \(n) k \(k): max abs diff \(worst.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))")
+            print("\(isa) m \(m) n \(n) k \(k): max abs diff \(worst.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))")
+        }
         }
     }
 }

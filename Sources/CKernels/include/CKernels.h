@@ -32,7 +32,8 @@ int lc_sgemm_available(void);
 /// The micro-kernel in use: 0 none, 1 AVX2 + FMA (6 x 16), 2 AVX-512 (6 x 32).
 int lc_sgemm_isa(void);
 
-/// Uses at most `level` (to measure one kernel against the other); never more than the CPU has.
+/// Uses at most `level` (to measure or test one kernel against the other); never more than the
+/// CPU has; a negative level goes back to the widest the CPU has.
 void lc_sgemm_force_isa(int level);
 
 /// As `lc_sgemm` with any strides: A element (i, p) at a[i*rsa + p*csa], B element (p, j) at
