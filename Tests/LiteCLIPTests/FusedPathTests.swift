@@ -12,7 +12,8 @@ final class FusedPathTests: XCTestCase {
     /// A block with random weights on the fused path (our sgemm, fused epilogues) and on the
     /// plain one. dim 8: tiny products on one core; dim 100: fc2's K = 400 is split into two
     /// blocks (partial sums in t), rows are not a multiple of 6 nor columns of 16, and both
-    /// cores split the columns.
+    /// cores split the columns; dim 32 over 8320 columns: the MLP by column blocks (8 whole
+    /// blocks of 1024 and a part).
     /// Every micro-kernel this CPU can run: AVX2 (6 x 16), and AVX-512 (6 x 32) where present.
     static var kernelLevels: [Int32] {
         lc_sgemm_force_isa(-1)
@@ -32,7 +33,7 @@ final class FusedPathTests: XCTestCase {
     func testFusedBlockEqualsPlainPath() throws {
         XCTAssertTrue(Kernels.ownGEMMAvailable, "this CPU has AVX2 and FMA: the fused path must run")
         try forEachKernel { isa in
-        for (dim, b, h, w) in [(8, 2, 9, 11), (100, 2, 9, 11)] {
+        for (dim, b, h, w) in [(8, 2, 9, 11), (100, 2, 9, 11), (32, 2, 64, 65)] {
             let c = ConvNeXtConfig(dims: [dim, dim, dim, dim], depths: [1, 1, 1, 1])
             var rng = SeededRNG(seed: 11)
             var tensors: [String: Checkpoint.Tensor] = [:]
@@ -64,6 +65,7 @@ final class FusedPathTests: XCTestCase {
             print("\(isa) dim \(dim): fused vs plain block: max abs diff \(maxDiff), max |out| \(scale), max |out - in| \(change)")
             XCTAssertGreaterThan(change, 0.1, "the MLP branch must change the output for the comparison to mean anything")
             XCTAssertLessThanOrEqual(maxDiff, 1e-5 * max(scale, 1), "\(isa) dim \(dim): fused vs plain: max abs diff \(maxDiff)")
+            if dim == 32 { XCTAssertEqual(Kernels.mlpBlockColumns(hidden: 4 * dim, columns: b * h * w), 1024, "the column-block MLP must run") }
         }
         }
     }

@@ -122,6 +122,36 @@ public enum Kernels {
         }
     }
 
+    /// ConvNeXt's MLP by blocks of columns, each core taking whole blocks: fc1 (+ bias, GELU) of
+    /// a block into a hidden block that stays in the core's L2, then fc2 (+ layer scale, residual)
+    /// from it into `x`; `t` (the block's input) holds fc2's partial sums. Nil when the columns
+    /// are too few for every core to get several blocks (the per-product split is used then).
+    static func mlpBlockColumns(hidden h4: Int, columns p: Int) -> Int? {
+        guard useOwnGEMM else { return nil }
+        let cores = ProcessInfo.processInfo.activeProcessorCount
+        let width = max(32, (131_072 / h4) / 32 * 32)          // a 512 KiB hidden block
+        return p >= 4 * cores * width ? width : nil
+    }
+
+    static func blockedMLP(_ t: UnsafeMutablePointer<Float>, _ x: UnsafeMutablePointer<Float>, dim: Int, hidden h4: Int, columns p: Int,
+                           blockColumns width: Int, w1: UnsafePointer<Float>, b1: UnsafePointer<Float>,
+                           w2: UnsafePointer<Float>, b2: UnsafePointer<Float>, gamma: UnsafePointer<Float>) {
+        let cores = ProcessInfo.processInfo.activeProcessorCount, blocks = (p + width - 1) / width
+        DispatchQueue.concurrentPerform(iterations: cores) { tid in
+            let h = UnsafeMutablePointer<Float>.allocate(capacity: h4 * width)
+            defer { h.deallocate() }
+            for b in stride(from: tid, to: blocks, by: cores) {
+                let j0 = b * width, n = min(width, p - j0)
+                var e1 = lc_epilogue()
+                e1.kind = Int32(LC_EPILOGUE_BIAS_GELU); e1.bias = b1
+                withUnsafePointer(to: e1) { lc_sgemm_strided(Int32(h4), Int32(n), Int32(dim), w1, dim, 1, t + j0, p, 1, h, n, $0) }
+                var e2 = lc_epilogue()
+                e2.kind = Int32(LC_EPILOGUE_RESIDUAL); e2.bias = b2; e2.scale = gamma; e2.dst = x + j0; e2.ldd = p
+                withUnsafePointer(to: e2) { lc_sgemm_strided(Int32(dim), Int32(n), Int32(h4), w2, h4, 1, h, n, 1, t + j0, p, $0) }
+            }
+        }
+    }
+
     // MARK: - Per-layer timing (liteclip bench --layers)
 
     /// Seconds and flops per layer type, summed while a profile is installed (benchmarks only:

@@ -53,6 +53,13 @@ struct ConvNeXtBlock {
                 Kernels.depthwiseConvLayerNorm(x.data, channels: dim, batch: batch, h: h, w: w, weight: convDW.weight, bias: convDW.bias,
                                                norm: norm, eps: eps, into: t.data)
             }
+            if let width = Kernels.mlpBlockColumns(hidden: h4, columns: p) {
+                Kernels.timed("fc1 + fc2 per column block (both)", flops: 2 * mlp) {
+                    Kernels.blockedMLP(t.data, x.data, dim: dim, hidden: h4, columns: p, blockColumns: width,
+                                       w1: fc1.weight.data, b1: fc1.bias.data, w2: fc2.weight.data, b2: fc2.bias.data, gamma: gamma.data)
+                }
+                return x
+            }
             let hidden = scratch.hidden
             Kernels.timed("fc1 C->4C + bias + GELU", flops: mlp) {
                 Kernels.fusedGEMM(fc1.weight.data, t.data, hidden.data, m: h4, n: p, k: dim, epilogue: .biasGELU(bias: fc1.bias.data))
