@@ -23,8 +23,7 @@
 #define MC 96
 #define NC 2048
 
-static int isa = -1;
-int lc_direct = 1;   // 0: none, 1: AVX2 + FMA, 2: AVX-512F
+static int isa = -1;   // 0: none, 1: AVX2 + FMA, 2: AVX-512F
 
 static int detect(void) {
     if (isa < 0) {
@@ -79,26 +78,33 @@ static void pack_b(int kc, int nc, int nr, const float *b, long rsb, long csb, f
     }
 }
 
-// erf(x) by the rational approximation of Kernels.erf8 (x P(x^2) / Q(x^2) on [-4, 4]), 16 wide,
-// with separate multiplies and adds as Swift compiles it.
+// erf(x) by the rational approximation of Kernels.erf8 (x P(x^2) / Q(x^2) on [-4, 4]), with
+// separate multiplies and adds as Swift compiles it; one coefficient table for both widths.
+static const float erf_p[7] = {-2.72614225801306e-10f, 2.77068142495902e-08f, -2.10102402082508e-06f, -5.69250639462346e-05f,
+                               -7.34990630326855e-04f, -2.95459980854025e-03f, -1.60960333262415e-02f};
+static const float erf_q[5] = {-1.45660718464996e-05f, -2.13374055278905e-04f, -1.68282697438203e-03f, -7.37332916720468e-03f,
+                               -1.42647390514189e-02f};
+
 __attribute__((target("avx512f")))
 static inline __m512 erf16(__m512 x) {
     x = _mm512_min_ps(x, _mm512_set1_ps(4.0f));
     x = _mm512_max_ps(x, _mm512_set1_ps(-4.0f));
     __m512 x2 = _mm512_mul_ps(x, x);
-    __m512 p = _mm512_set1_ps(-2.72614225801306e-10f);
-    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(2.77068142495902e-08f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(-2.10102402082508e-06f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(-5.69250639462346e-05f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(-7.34990630326855e-04f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(-2.95459980854025e-03f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(-1.60960333262415e-02f));
-    __m512 q = _mm512_set1_ps(-1.45660718464996e-05f);
-    q = _mm512_add_ps(_mm512_mul_ps(q, x2), _mm512_set1_ps(-2.13374055278905e-04f));
-    q = _mm512_add_ps(_mm512_mul_ps(q, x2), _mm512_set1_ps(-1.68282697438203e-03f));
-    q = _mm512_add_ps(_mm512_mul_ps(q, x2), _mm512_set1_ps(-7.37332916720468e-03f));
-    q = _mm512_add_ps(_mm512_mul_ps(q, x2), _mm512_set1_ps(-1.42647390514189e-02f));
+    __m512 p = _mm512_set1_ps(erf_p[0]), q = _mm512_set1_ps(erf_q[0]);
+    for (int i = 1; i < 7; i++) p = _mm512_add_ps(_mm512_mul_ps(p, x2), _mm512_set1_ps(erf_p[i]));
+    for (int i = 1; i < 5; i++) q = _mm512_add_ps(_mm512_mul_ps(q, x2), _mm512_set1_ps(erf_q[i]));
     return _mm512_div_ps(_mm512_mul_ps(x, p), q);
+}
+
+__attribute__((target("avx2,fma")))
+static inline __m256 erf8(__m256 x) {
+    x = _mm256_min_ps(x, _mm256_set1_ps(4.0f));
+    x = _mm256_max_ps(x, _mm256_set1_ps(-4.0f));
+    __m256 x2 = _mm256_mul_ps(x, x);
+    __m256 p = _mm256_set1_ps(erf_p[0]), q = _mm256_set1_ps(erf_q[0]);
+    for (int i = 1; i < 7; i++) p = _mm256_add_ps(_mm256_mul_ps(p, x2), _mm256_set1_ps(erf_p[i]));
+    for (int i = 1; i < 5; i++) q = _mm256_add_ps(_mm256_mul_ps(q, x2), _mm256_set1_ps(erf_q[i]));
+    return _mm256_div_ps(_mm256_mul_ps(x, p), q);
 }
 
 __attribute__((target("avx512f")))
@@ -200,26 +206,10 @@ static void kernel_avx512(int kc, int mr, const float *a, long rsa, long csa, co
 }
 
 // The erf GELU of Kernels.geluVector (Sources/LiteCLIP/Model/Layers/GELU.swift), operation for
-// operation (separate multiplies and adds, as Swift compiles it), 8 wide.
+// operation, 8 wide.
 __attribute__((target("avx2,fma")))
 static inline __m256 gelu8(__m256 v) {
-    __m256 x = _mm256_mul_ps(v, _mm256_set1_ps(0.70710678118654752f));
-    x = _mm256_min_ps(x, _mm256_set1_ps(4.0f));
-    x = _mm256_max_ps(x, _mm256_set1_ps(-4.0f));
-    __m256 x2 = _mm256_mul_ps(x, x);
-    __m256 p = _mm256_set1_ps(-2.72614225801306e-10f);
-    p = _mm256_add_ps(_mm256_mul_ps(p, x2), _mm256_set1_ps(2.77068142495902e-08f));
-    p = _mm256_add_ps(_mm256_mul_ps(p, x2), _mm256_set1_ps(-2.10102402082508e-06f));
-    p = _mm256_add_ps(_mm256_mul_ps(p, x2), _mm256_set1_ps(-5.69250639462346e-05f));
-    p = _mm256_add_ps(_mm256_mul_ps(p, x2), _mm256_set1_ps(-7.34990630326855e-04f));
-    p = _mm256_add_ps(_mm256_mul_ps(p, x2), _mm256_set1_ps(-2.95459980854025e-03f));
-    p = _mm256_add_ps(_mm256_mul_ps(p, x2), _mm256_set1_ps(-1.60960333262415e-02f));
-    __m256 q = _mm256_set1_ps(-1.45660718464996e-05f);
-    q = _mm256_add_ps(_mm256_mul_ps(q, x2), _mm256_set1_ps(-2.13374055278905e-04f));
-    q = _mm256_add_ps(_mm256_mul_ps(q, x2), _mm256_set1_ps(-1.68282697438203e-03f));
-    q = _mm256_add_ps(_mm256_mul_ps(q, x2), _mm256_set1_ps(-7.37332916720468e-03f));
-    q = _mm256_add_ps(_mm256_mul_ps(q, x2), _mm256_set1_ps(-1.42647390514189e-02f));
-    __m256 erf = _mm256_div_ps(_mm256_mul_ps(x, p), q);
+    __m256 erf = erf8(_mm256_mul_ps(v, _mm256_set1_ps(0.70710678118654752f)));
     return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_add_ps(_mm256_set1_ps(1.0f), erf));
 }
 
@@ -313,7 +303,7 @@ void lc_sgemm_strided(int m, int n, int k, const float *a, long rsa, long csa, c
                     for (int ir = 0; ir < mc; ir += MR) {
                         int h = mc - ir < MR ? mc - ir : MR;
                         const float *ap = a + (long)(ic + ir) * rsa + (long)pc * csa;
-                        if (wide && h == MR && w == nr && lc_direct) {
+                        if (wide && h == MR && w == nr) {
                             kernel_avx512(kc, h, ap, rsa, csa, bp, tile, c, ldc, ic + ir, jc + jr, e, first, last);
                             continue;
                         }
