@@ -170,3 +170,39 @@ final class FusedPathTests: XCTestCase {
         }
     }
 }
+
+/// The compute thread pool (Sources/CKernels/pool.c): every task runs exactly once, back-to-back
+/// jobs never mix, and nested or concurrent callers still finish (their tasks run in order on the
+/// calling thread).
+final class ThreadPoolTests: XCTestCase {
+    func testEveryTaskRunsOnceAcrossManyJobs() {
+        for count in [1, 2, 3, 7, 64, 1000] {
+            for _ in 0..<200 {
+                let hits = UnsafeMutablePointer<Int>.allocate(capacity: count)
+                hits.initialize(repeating: 0, count: count)
+                Kernels.parallel(count) { i in hits[i] += 1 }
+                let wrong = (0..<count).filter { hits[$0] != 1 }
+                hits.deallocate()
+                if !wrong.isEmpty { XCTFail("count \(count): tasks \(wrong.prefix(5)) ran \(wrong.count) times other than once"); return }
+            }
+        }
+    }
+
+    func testNestedAndConcurrentCallsFinish() {
+        let n = 16
+        let sums = UnsafeMutablePointer<Int>.allocate(capacity: 2 * n)
+        sums.initialize(repeating: 0, count: 2 * n)
+        defer { sums.deallocate() }
+        // Two threads each run jobs whose tasks start nested jobs.
+        DispatchQueue.concurrentPerform(iterations: 2) { t in
+            for _ in 0..<50 {
+                Kernels.parallel(n) { i in
+                    var inner = [Int](repeating: 0, count: 4)
+                    inner.withUnsafeMutableBufferPointer { b in Kernels.parallel(4) { j in b[j] = j + 1 } }
+                    sums[t * n + i] += inner.reduce(0, +)
+                }
+            }
+        }
+        for i in 0..<(2 * n) { XCTAssertEqual(sums[i], 50 * 10, "task \(i)") }
+    }
+}

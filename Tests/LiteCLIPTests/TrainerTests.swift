@@ -516,7 +516,7 @@ final class TrainCLITests: XCTestCase {
     func testInterruptLeavesTheLastCheckpointAndResumeWorks() throws {
         let (dir, model) = try TrainerTests.setUp()
         let args = [model, "--captions", dir + "/captions.txt", "--images", Fixtures.seed + "/examples", "--out", dir + "/t.lcw",
-                    "--batch-size", "2", "--epochs", "500", "--seed", "3", "-q"]
+                    "--batch-size", "2", "--epochs", "100000", "--val-fraction", "0", "--seed", "3", "-q"]   // no early stop: runs until the SIGINT
         let p = Process()
         p.executableURL = URL(fileURLWithPath: CLITests.binDir + "/liteclip")
         p.arguments = ["train"] + args
@@ -541,7 +541,7 @@ final class TrainCLITests: XCTestCase {
 
         // Two more steps from where it stopped.
         let r = try CLITests.run("liteclip", ["train", model, "--captions", dir + "/captions.txt", "--images", Fixtures.seed + "/examples",
-                                              "--out", dir + "/u.lcw", "--batch-size", "2", "--epochs", "500", "--seed", "3",
+                                              "--out", dir + "/u.lcw", "--batch-size", "2", "--epochs", "100000", "--val-fraction", "0", "--seed", "3",
                                               "--resume", ckpt, "--max-steps", "\(steps + 2)"])
         XCTAssertEqual(r.status, 0, r.err)
         XCTAssertTrue(r.err.contains("resumed from"), r.err)

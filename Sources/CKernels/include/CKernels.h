@@ -74,4 +74,15 @@ void lc_dwconv_weight_grad(const float *x, const float *dy, int channels, int ba
 /// Rows per block for `lc_dwconv_layernorm` that keep a block's output (C x rows x W) in cache.
 int lc_dwconv_layernorm_rows(int channels, int width);
 
+/// A task of `lc_parallel`: runs task number `index` of the job whose context is `ctx`.
+typedef void (*lc_task_fn)(void *ctx, long index);
+
+/// Runs fn(ctx, 0..<count) on the pool's threads and the caller's, returning when all are done.
+/// Workers spin briefly between jobs, so back-to-back calls start in microseconds. A call made
+/// while the pool is busy (nested, or from another thread) runs its tasks on the calling thread.
+void lc_parallel(long count, lc_task_fn fn, void *ctx);
+
+/// The threads `lc_parallel` uses: the workers plus the caller (starts the workers).
+int lc_pool_threads(void);
+
 #endif

@@ -17,12 +17,27 @@ import Foundation
 public enum Kernels {
     /// Work split over the cores: `body` gets disjoint ranges of `0..<count`.
     static func parallelFor(_ count: Int, grain: Int = 1, _ body: (Range<Int>) -> Void) {
-        let threads = min(ProcessInfo.processInfo.activeProcessorCount, max(1, count / max(grain, 1)))
+        let threads = min(cores, max(1, count / max(grain, 1)))
         if threads <= 1 { body(0..<count); return }
         let chunk = (count + threads - 1) / threads
-        DispatchQueue.concurrentPerform(iterations: threads) { t in
+        parallel(threads) { t in
             let lo = t * chunk, hi = min(count, lo + chunk)
             if lo < hi { body(lo..<hi) }
+        }
+    }
+
+    /// The threads the compute passes use (the CKernels pool's workers and the caller).
+    static let cores = Int(lc_pool_threads())
+
+    /// Runs `body(0..<count)` on the CKernels pool (Sources/CKernels/pool.c): its workers spin
+    /// between jobs, so a call costs microseconds where `concurrentPerform` costs 150-200 us.
+    /// A call made while the pool is busy runs its tasks in order on the calling thread.
+    static func parallel(_ count: Int, _ body: (Int) -> Void) {
+        withoutActuallyEscaping(body) { task in
+            var task = task
+            withUnsafeMutablePointer(to: &task) { context in
+                lc_parallel(count, { ctx, i in ctx!.assumingMemoryBound(to: ((Int) -> Void).self).pointee(i) }, context)
+            }
         }
     }
 
@@ -105,7 +120,6 @@ public enum Kernels {
                               bp, Int32(transB ? k : n), e.kind == Int32(LC_EPILOGUE_ACCUMULATE) ? 1 : 0, cp, Int32(max(n, 1)))
             }
         }
-        let cores = ProcessInfo.processInfo.activeProcessorCount
         let work = Double(m) * Double(n) * Double(k)
         if cores < 2 || work < 2e6 || m == 0 || n == 0 {
             if m > 0 && n > 0 { run(0..<m, 0..<n) }
@@ -116,9 +130,9 @@ public enum Kernels {
         let colChunk = ((n + cores - 1) / cores + 31) / 32 * 32, rowChunk = ((m + cores - 1) / cores + 5) / 6 * 6
         let colWaste = Double(colChunk * cores) / Double(n), rowWaste = Double(rowChunk * cores) / Double(m)
         if colWaste <= rowWaste * 1.02 {
-            DispatchQueue.concurrentPerform(iterations: cores) { t in run(0..<m, min(n, t * colChunk)..<min(n, (t + 1) * colChunk)) }
+            parallel(cores) { t in run(0..<m, min(n, t * colChunk)..<min(n, (t + 1) * colChunk)) }
         } else {
-            DispatchQueue.concurrentPerform(iterations: cores) { t in run(min(m, t * rowChunk)..<min(m, (t + 1) * rowChunk), 0..<n) }
+            parallel(cores) { t in run(min(m, t * rowChunk)..<min(m, (t + 1) * rowChunk), 0..<n) }
         }
     }
 
@@ -128,7 +142,6 @@ public enum Kernels {
     /// are too few for every core to get several blocks (the per-product split is used then).
     static func mlpBlockColumns(hidden h4: Int, columns p: Int) -> Int? {
         guard useOwnGEMM else { return nil }
-        let cores = ProcessInfo.processInfo.activeProcessorCount
         let width = max(32, (131_072 / h4) / 32 * 32)          // a 512 KiB hidden block
         return p >= 4 * cores * width ? width : nil
     }
@@ -136,8 +149,8 @@ public enum Kernels {
     static func blockedMLP(_ t: UnsafeMutablePointer<Float>, _ x: UnsafeMutablePointer<Float>, dim: Int, hidden h4: Int, columns p: Int,
                            blockColumns width: Int, w1: UnsafePointer<Float>, b1: UnsafePointer<Float>,
                            w2: UnsafePointer<Float>, b2: UnsafePointer<Float>, gamma: UnsafePointer<Float>) {
-        let cores = ProcessInfo.processInfo.activeProcessorCount, blocks = (p + width - 1) / width
-        DispatchQueue.concurrentPerform(iterations: cores) { tid in
+        let blocks = (p + width - 1) / width
+        parallel(cores) { tid in
             let h = UnsafeMutablePointer<Float>.allocate(capacity: h4 * width)
             defer { h.deallocate() }
             for b in stride(from: tid, to: blocks, by: cores) {

@@ -79,8 +79,8 @@ extension Kernels {
     private static func rowBlocks(channels: Int, batch: Int, h: Int, w: Int, _ body: (Int, Int, Int) -> Void) {
         let rows = min(h, Int(lc_dwconv_layernorm_rows(Int32(channels), Int32(w))))
         let blocks = (h + rows - 1) / rows, units = batch * blocks
-        let threads = min(ProcessInfo.processInfo.activeProcessorCount, units)
-        DispatchQueue.concurrentPerform(iterations: threads) { t in
+        let threads = min(cores, units)
+        parallel(threads) { t in
             for u in stride(from: t, to: units, by: threads) {
                 let image = u / blocks, r0 = (u % blocks) * rows
                 body(image, r0, min(h, r0 + rows))
