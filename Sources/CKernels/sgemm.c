@@ -12,6 +12,7 @@
 // (6 x 16, 12 ymm accumulators).
 
 #include "CKernels.h"
+#include "internal.h"
 #include <immintrin.h>
 #include <stdlib.h>
 #include <string.h>
@@ -117,7 +118,7 @@ static inline __m512 gelu16(__m512 v) {
 // arithmetic as `epilogue` below (which serves edge tiles), 16 wide. cr: the row in C at the
 // tile's first column; dr: the same place in D (RESIDUAL).
 __attribute__((target("avx512f")))
-static inline void finish_row512(__m512 v0, __m512 v1, int row, float *cr, float *dr, const lc_epilogue *e, int addC, int last) {
+void lc_finish_row512(__m512 v0, __m512 v1, int row, float *cr, float *dr, const lc_epilogue *e, int addC, int last) {
     if (addC) { v0 = _mm512_add_ps(_mm512_loadu_ps(cr), v0); v1 = _mm512_add_ps(_mm512_loadu_ps(cr + 16), v1); }
     if (last) {
         if (e->bias) { __m512 b = _mm512_set1_ps(e->bias[row]); v0 = _mm512_add_ps(v0, b); v1 = _mm512_add_ps(v1, b); }
@@ -188,12 +189,12 @@ static void kernel_avx512(int kc, int mr, const float *a, long rsa, long csa, co
         float *cr = c + (long)r * ldc + j;
         float *dr = e->kind == LC_EPILOGUE_RESIDUAL ? e->dst + (long)r * e->ldd + j : NULL;
         long dd = e->ldd;
-        finish_row512(c00, c01, r + 0, cr, dr, e, addC, last); cr += ldc; if (dr) dr += dd;
-        finish_row512(c10, c11, r + 1, cr, dr, e, addC, last); cr += ldc; if (dr) dr += dd;
-        finish_row512(c20, c21, r + 2, cr, dr, e, addC, last); cr += ldc; if (dr) dr += dd;
-        finish_row512(c30, c31, r + 3, cr, dr, e, addC, last); cr += ldc; if (dr) dr += dd;
-        finish_row512(c40, c41, r + 4, cr, dr, e, addC, last); cr += ldc; if (dr) dr += dd;
-        finish_row512(c50, c51, r + 5, cr, dr, e, addC, last);
+        lc_finish_row512(c00, c01, r + 0, cr, dr, e, addC, last); cr += ldc; if (dr) dr += dd;
+        lc_finish_row512(c10, c11, r + 1, cr, dr, e, addC, last); cr += ldc; if (dr) dr += dd;
+        lc_finish_row512(c20, c21, r + 2, cr, dr, e, addC, last); cr += ldc; if (dr) dr += dd;
+        lc_finish_row512(c30, c31, r + 3, cr, dr, e, addC, last); cr += ldc; if (dr) dr += dd;
+        lc_finish_row512(c40, c41, r + 4, cr, dr, e, addC, last); cr += ldc; if (dr) dr += dd;
+        lc_finish_row512(c50, c51, r + 5, cr, dr, e, addC, last);
         return;
     }
     const int t = NR_MAX;
@@ -216,8 +217,8 @@ static inline __m256 gelu8(__m256 v) {
 // Applies one K block's tile (row stride NR_MAX) to rows [r, r+mr) and columns [j, j+nr).
 // first: the first K block (nothing of this product in C yet); last: the final one.
 __attribute__((target("avx2,fma")))
-static void epilogue(const float *tile, int mr, int nr, int r, int j, float *c, long ldc,
-                     const lc_epilogue *e, int first, int last) {
+void lc_tile_epilogue(const float *tile, int mr, int nr, int r, int j, float *c, long ldc,
+                      const lc_epilogue *e, int first, int last) {
     int kind = e->kind;
     int addC = kind == LC_EPILOGUE_ACCUMULATE || !first;
     for (int i = 0; i < mr; i++) {
@@ -309,7 +310,7 @@ void lc_sgemm_strided(int m, int n, int k, const float *a, long rsa, long csa, c
                         }
                         if (wide) kernel_avx512(kc, h, ap, rsa, csa, bp, tile, NULL, 0, 0, 0, e, first, last);
                         else kernel_avx2(kc, h, ap, rsa, csa, bp, tile);
-                        epilogue(tile, h, w, ic + ir, jc + jr, c, ldc, e, first, last);
+                        lc_tile_epilogue(tile, h, w, ic + ir, jc + jr, c, ldc, e, first, last);
                     }
                 }
             }

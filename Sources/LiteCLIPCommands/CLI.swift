@@ -207,6 +207,12 @@ enum FloatType: String, CaseIterable, ExpressibleByArgument {
     var dtype: DType { DType(rawValue: rawValue)! }
 }
 
+/// `liteclip-convert --dtype`: a float storage type, or int8 weights.
+enum StorageType: String, CaseIterable, ExpressibleByArgument {
+    case f32, f16, bf16, int8
+    var dtype: DType { self == .int8 ? .i8 : DType(rawValue: rawValue)! }
+}
+
 /// Checks of files before any work is done.
 enum Paths {
     /// An output path is usable: its folder exists and is writable, it is not a folder, and it

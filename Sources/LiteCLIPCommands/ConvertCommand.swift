@@ -11,7 +11,7 @@ struct ConvertArguments: ParsableArguments {
     @Argument(help: "The checkpoint to read: .pt/.pth/.bin/.ckpt (PyTorch zip or legacy format, also Lightning and DDP wrappers), .safetensors or .onnx.")
     var input: String
     @Argument(help: "The .lcw file to write.") var output: String
-    @Option(help: "Storage type of the float tensors (default: keep the checkpoint's).") var dtype: FloatType?
+    @Option(help: "Storage type of the float tensors (default: keep the checkpoint's); int8: the weights of every Linear, pointwise and patch layer and the word embeddings as int8 with per-row scales, the rest f32 (as liteclip quantize).") var dtype: StorageType?
     @OptionGroup var modelOptions: ModelOptions
     @Flag(name: .customLong("allow-unexpected"), help: "Drop (and list) tensors that are not liteCLIP parameters instead of failing.")
     var allowUnexpected = false

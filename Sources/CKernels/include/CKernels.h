@@ -1,6 +1,8 @@
 #ifndef CKERNELS_H
 #define CKERNELS_H
 
+#include <stdint.h>
+
 /// Matrix products for ConvNeXt's pointwise layers with the pass that follows each one fused into
 /// the product's own tiles (formats/kernels.md). AVX2 + FMA; `lc_sgemm_available()` says whether
 /// this CPU has them (callers fall back to OpenBLAS plus separate passes when it does not).
@@ -84,5 +86,26 @@ void lc_parallel(long count, lc_task_fn fn, void *ctx);
 
 /// The threads `lc_parallel` uses: the workers plus the caller (starts the workers).
 int lc_pool_threads(void);
+
+/// int8 products (qgemm.c): the micro-kernel in use, 0 none (no AVX2: the caller runs Swift
+/// loops), 1 portable integer loops (AVX2), 2 AVX-512 VNNI.
+int lc_qgemm_isa(void);
+
+/// Uses at most `level` (tests and benchmarks); a negative level goes back to the best there is.
+void lc_qgemm_force_isa(int level);
+
+/// Bytes of `lc_quantize_columns`'s output for K x N (N rounded up to whole 32-column panels).
+long lc_quantized_columns_bytes(int k, int n);
+
+/// Quantises each column j of X (K x N, element (p, j) at x[p*rsx + j*csx]) symmetrically to
+/// -127..127 with scale max|X[:, j]| / 127 (scales[j]; values x * (127 / max), rounded to
+/// nearest even), stored + 128 as u8 and packed as qgemm.c describes. K a multiple of 4.
+void lc_quantize_columns(int k, int n, const float *x, long rsx, long csx, uint8_t *packed, float *scales);
+
+/// C[M x N] <- epilogue(((acc - 128 * rowsum[r]) * wscale[r]) * xscale[j]) with acc the int32
+/// sums of int8 A (M x K, row stride lda) times the packed columns b (from column 0 of a
+/// 32-column panel); runs on the calling thread. Needs lc_qgemm_isa() > 0.
+void lc_qgemm(int m, int n, int k, const int8_t *a, long lda, const float *wscale, const int32_t *rowsum,
+              const uint8_t *b, const float *xscale, float *c, long ldc, const lc_epilogue *epilogue);
 
 #endif

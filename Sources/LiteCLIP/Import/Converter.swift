@@ -5,7 +5,8 @@ import TensorIO
 /// `liteclip-convert`: any supported checkpoint -> a self-contained liteCLIP `.lcw`.
 public enum Converter {
     public struct Options {
-        /// Storage dtype for the float tensors; nil keeps each tensor's dtype.
+        /// Storage dtype for the float tensors; nil keeps each tensor's dtype. `.i8`: an int8 model
+        /// (formats/lcw.md, "int8 weights": the quantizable weights int8, everything else f32).
         public var dtype: DType?
         public var vocabPath: String?
         public var tokenizerPath: String?
@@ -177,7 +178,13 @@ public enum Converter {
 
         // Output tensors, converted to the requested dtype one at a time while writing.
         var dtypes: [DType: Int] = [:]
-        let outTensors: [Checkpoint.Tensor] = mapping.tensors.map { t in
+        var quantized: Int? = nil
+        let outTensors: [Checkpoint.Tensor] = options.dtype == .i8 ? {
+            let (q, n) = Quantizer.int8Tensors(mapping.tensors, config: mapping.config)
+            for t in q { dtypes[t.dtype, default: 0] += 1 }
+            quantized = n
+            return q
+        }() : mapping.tensors.map { t in
             let to = options.dtype ?? t.dtype
             dtypes[to, default: 0] += 1
             if to == t.dtype { return t }
@@ -186,12 +193,13 @@ public enum Converter {
             }
         }
         let sourceSHA = sourceSHA ?? source.sha256()
-        let meta = LCWMetadata(
+        var meta = LCWMetadata(
             model: mapping.config, tokenizer: tokenizer, preprocess: .seed,
             source: .init(file: (input as NSString).lastPathComponent, sha256: sourceSHA,
                           format: ckpt.format.rawValue, wrapper: mapping.wrapper, keyPrefix: mapping.keyPrefix,
                           ignoredTensors: mapping.ignored, partial: partial?.missing),
             converter: .init())
+        if let quantized { meta.quantization = .init(tensors: quantized) }
         return Prepared(mapping: mapping, metadata: meta, tensors: outTensors, tokenizerFile: tokenizerFile,
                         textConfigFile: textConfigFile, dtypes: dtypes)
     }

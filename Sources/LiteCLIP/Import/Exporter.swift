@@ -68,6 +68,11 @@ public enum Exporter {
         }
         if sameFile(path, out) { throw ModelError(.badConfig, file: out, "output would overwrite the input") }
         let meta = model.metadata
+        if meta.quantization != nil || model.tensors.contains(where: { $0.dtype == .i8 }) {
+            throw ModelError(.badConfig, file: path,
+                             "an int8 model (liteclip quantize) is not exported: PyTorch's liteCLIP has no int8 weights, and "
+                             + "dequantised weights would pass for trained ones while differing from them; export the f32 model it came from")
+        }
 
         // The seed's CLIP must accept the tensors as they are.
         if let partial = meta.source.partial {

@@ -10,6 +10,8 @@ public struct LCWMetadata: Codable, Equatable, Sendable {
     public var preprocess: PreprocessConfig
     public var source: SourceInfo
     public var converter: ConverterInfo
+    /// Present in an int8 model (`liteclip quantize`, `liteclip-convert --dtype int8`).
+    public var quantization: QuantizationInfo? = nil
 
     public init(model: LiteCLIPConfig, tokenizer: TokenizerSpec, preprocess: PreprocessConfig, source: SourceInfo,
                 converter: ConverterInfo) {
@@ -40,6 +42,21 @@ public struct LCWMetadata: Codable, Equatable, Sendable {
             case trainedFrom = "trained"
             case keyPrefix = "key_prefix"
             case ignoredTensors = "ignored_tensors"
+        }
+    }
+
+    /// How an int8 model's weights are stored (formats/lcw.md, "int8 weights").
+    public struct QuantizationInfo: Codable, Equatable, Sendable {
+        /// "int8": symmetric, one f32 scale per row (output channel; token of the word embeddings).
+        public var weights = "int8"
+        /// The scales of weight W are the tensor `W` + this suffix.
+        public var scaleSuffix = "_scale"
+        /// How many weights are int8.
+        public var tensors: Int
+        public init(tensors: Int) { self.tensors = tensors }
+        enum CodingKeys: String, CodingKey {
+            case weights, tensors
+            case scaleSuffix = "scale_suffix"
         }
     }
 
@@ -84,7 +101,11 @@ public struct LiteCLIPFile {
     /// pooler present exactly when the config says so; no ignorable buffers).
     static func check(_ meta: LCWMetadata, tensors: [Checkpoint.Tensor], file path: String) throws {
         let expected = LiteCLIPParameters.expected(for: meta.model).filter { $0.required || meta.model.hasPooler }
-            .map { ParameterSpec(name: $0.name, shape: $0.shape, required: true, group: nil) }
+            .map { spec -> ParameterSpec in
+                var s = ParameterSpec(name: spec.name, shape: spec.shape, required: true, group: nil)
+                s.quantizable = spec.quantizable
+                return s
+            }
         _ = try Strictness.place(Dictionary(tensors.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a }),
                                  expected: expected, ignorable: [], file: path, context: "the .lcw tensors do not match its own config")
         try ImagePreprocessor.validate(meta.preprocess, file: path)

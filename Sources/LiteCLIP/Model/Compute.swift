@@ -73,20 +73,34 @@ public enum Kernels {
         case biasGELU(bias: UnsafePointer<Float>)
         /// `D += scale * (A B + bias)` per row; C is scratch for partial sums (D is `M x N`, ldd = N).
         case residual(bias: UnsafePointer<Float>, scale: UnsafePointer<Float>, into: UnsafeMutablePointer<Float>)
+
+        /// The C kernels' description, for a product with `n` columns.
+        func c(columns n: Int) -> lc_epilogue {
+            var e = lc_epilogue()
+            switch self {
+            case .store(let bias): e.kind = Int32(LC_EPILOGUE_STORE); e.bias = bias
+            case .biasGELU(let bias): e.kind = Int32(LC_EPILOGUE_BIAS_GELU); e.bias = bias
+            case .residual(let bias, let scale, let d):
+                e.kind = Int32(LC_EPILOGUE_RESIDUAL); e.bias = bias; e.scale = scale; e.dst = d; e.ldd = n
+            }
+            return e
+        }
+
+        /// The part of it that applies to rows from `r` and columns from `j` (a product split over cores).
+        static func part(_ e: lc_epilogue, row r: Int, column j: Int, columns n: Int) -> lc_epilogue {
+            var part = e
+            if let bias = part.bias { part.bias = bias + r }
+            if let scale = part.scale { part.scale = scale + r }
+            if part.dst != nil { part.dst = part.dst + r * n + j }
+            return part
+        }
     }
 
     /// `C[M x N] = epilogue(A[M x K] * B[K x N])`, row-major, on our sgemm (callers check
     /// `useOwnGEMM`).
     static func fusedGEMM(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>,
                           m: Int, n: Int, k: Int, epilogue: Epilogue) {
-        var e = lc_epilogue()
-        switch epilogue {
-        case .store(let bias): e.kind = Int32(LC_EPILOGUE_STORE); e.bias = bias
-        case .biasGELU(let bias): e.kind = Int32(LC_EPILOGUE_BIAS_GELU); e.bias = bias
-        case .residual(let bias, let scale, let d):
-            e.kind = Int32(LC_EPILOGUE_RESIDUAL); e.bias = bias; e.scale = scale; e.dst = d; e.ldd = n
-        }
-        product(a, b, c, m: m, n: n, k: k, transA: false, transB: false, epilogue: e)
+        product(a, b, c, m: m, n: n, k: k, transA: false, transB: false, epilogue: epilogue.c(columns: n))
     }
 
     /// The one driver: splits the product over the cores (columns in multiples of 32 when there
@@ -108,11 +122,7 @@ public enum Kernels {
             guard !rows.isEmpty, !cols.isEmpty else { return }
             let ap = a + rows.lowerBound * rsa, bp = b + cols.lowerBound * csb, cp = c + rows.lowerBound * n + cols.lowerBound
             if own {
-                var part = e
-                if let bias = part.bias { part.bias = bias + rows.lowerBound }
-                if let scale = part.scale { part.scale = scale + rows.lowerBound }
-                if part.dst != nil { part.dst = part.dst + rows.lowerBound * n + cols.lowerBound }
-                withUnsafePointer(to: part) {
+                withUnsafePointer(to: Epilogue.part(e, row: rows.lowerBound, column: cols.lowerBound, columns: n)) {
                     lc_sgemm_strided(Int32(rows.count), Int32(cols.count), Int32(k), ap, rsa, csa, bp, rsb, csb, cp, n, $0)
                 }
             } else {
@@ -120,19 +130,28 @@ public enum Kernels {
                               bp, Int32(transB ? k : n), e.kind == Int32(LC_EPILOGUE_ACCUMULATE) ? 1 : 0, cp, Int32(max(n, 1)))
             }
         }
+        split(m: m, n: n, k: k, run)
+    }
+
+    /// Runs `run` over parts of an M x N product, one per core: the dimension whose parts come
+    /// out most even (whole 32-column panels, whole 6-row tiles); columns win ties (each part
+    /// then packs only its own columns). Small products run whole on the calling thread.
+    static func split(m: Int, n: Int, k: Int, _ run: (Range<Int>, Range<Int>) -> Void) {
+        guard m > 0 && n > 0 else { return }
         let work = Double(m) * Double(n) * Double(k)
-        if cores < 2 || work < 2e6 || m == 0 || n == 0 {
-            if m > 0 && n > 0 { run(0..<m, 0..<n) }
-            return
-        }
-        // Split the dimension whose parts come out most even (whole 32-column panels, whole
-        // 6-row tiles); columns win ties (each part then packs only its own columns).
+        if cores < 2 || work < 2e6 { run(0..<m, 0..<n); return }
         let colChunk = ((n + cores - 1) / cores + 31) / 32 * 32, rowChunk = ((m + cores - 1) / cores + 5) / 6 * 6
         let colWaste = Double(colChunk * cores) / Double(n), rowWaste = Double(rowChunk * cores) / Double(m)
         if colWaste <= rowWaste * 1.02 {
-            parallel(cores) { t in run(0..<m, min(n, t * colChunk)..<min(n, (t + 1) * colChunk)) }
+            parallel(cores) { t in
+                let cols = min(n, t * colChunk)..<min(n, (t + 1) * colChunk)
+                if !cols.isEmpty { run(0..<m, cols) }
+            }
         } else {
-            parallel(cores) { t in run(min(m, t * rowChunk)..<min(m, (t + 1) * rowChunk), 0..<n) }
+            parallel(cores) { t in
+                let rows = min(m, t * rowChunk)..<min(m, (t + 1) * rowChunk)
+                if !rows.isEmpty { run(rows, 0..<n) }
+            }
         }
     }
 

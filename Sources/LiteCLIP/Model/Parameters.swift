@@ -9,6 +9,9 @@ public struct ParameterSpec: Equatable, Sendable {
     public let required: Bool
     /// For an optional parameter, the scope whose parameters are present all together or not at all.
     public let group: String?
+    /// May be stored as int8 with per-row scales (`<name>_scale`): the weights of every Linear,
+    /// pointwise and patch convolution, and the word embeddings (formats/lcw.md, "int8 weights").
+    public var quantizable: Bool = false
 }
 
 /// Where module initialisers take their parameters from. The modules' initialisers are the
@@ -43,8 +46,10 @@ final class ParameterSource {
 
     var records: Bool { if case .record = mode { return true } else { return false } }
 
-    fileprivate func take(_ name: String, _ shape: [Int]) throws -> Tensor {
-        specs.append(ParameterSpec(name: name, shape: shape, required: group == nil, group: group))
+    fileprivate func take(_ name: String, _ shape: [Int], quantizable: Bool = false) throws -> Tensor {
+        var spec = ParameterSpec(name: name, shape: shape, required: group == nil, group: group)
+        spec.quantizable = quantizable
+        specs.append(spec)
         let tensors: [String: Checkpoint.Tensor]
         switch mode {
         case .record: return Tensor(shape: shape, data: UnsafePointer(placeholder.data), owner: placeholder)
@@ -55,6 +60,20 @@ final class ParameterSource {
             throw Strictness.error(file: file, "cannot build the model", missing: ["\(name) \(shape)"])
         }
         let tensor: Tensor
+        if t.dtype == .i8 {
+            // Placed by `Strictness.place`: only quantizable weights, each with its scales.
+            guard quantizable, let scales = tensors[name + Strictness.scaleSuffix] else {
+                throw Strictness.error(file: file, "cannot build the model", missing: ["\(name)\(Strictness.scaleSuffix) [\(shape[0])]"])
+            }
+            if case .copy = mode {
+                throw ModelError(.badConfig, file: file,
+                                 "this model's weights are int8 (liteclip quantize): training needs the f32 weights; "
+                                 + "train the f32 model, then quantize the result")
+            }
+            tensor = Tensor(shape: shape, int8: try Int8Weight(values: t, scales: scales))
+            loaded.append((name, tensor))
+            return tensor
+        }
         if case .copy = mode {
             let b = try Buffer(copying: t)
             storage.append(b)
@@ -89,6 +108,8 @@ struct ParameterScope {
 
     func child(_ name: String) -> ParameterScope { ParameterScope(source, prefix: prefix + name + ".") }
     func tensor(_ name: String, _ shape: [Int]) throws -> Tensor { try source.take(prefix + name, shape) }
+    /// A weight an int8 model may hold quantised (formats/lcw.md, "int8 weights").
+    func quantizable(_ name: String, _ shape: [Int]) throws -> Tensor { try source.take(prefix + name, shape, quantizable: true) }
 
     /// Parameters under `name` that a checkpoint holds all together or not at all; nil when absent
     /// (when recording, they are listed as optional and the module is built from placeholders).
@@ -130,6 +151,9 @@ public enum LiteCLIPParameters {
 /// pooler) all present or all absent; known-unused buffers dropped and named; anything else
 /// unexpected. Every offender is listed by full dotted name with both shapes.
 enum Strictness {
+    /// The name of an int8 weight's scales: `<weight name>_scale`.
+    static let scaleSuffix = "_scale"
+
     struct Placed {
         /// In the order of `expected`, renamed to the canonical names.
         var tensors: [Checkpoint.Tensor]
@@ -164,8 +188,26 @@ enum Strictness {
                 mismatched.append("\(sourcePrefix)\(spec.name): expected \(spec.shape), file has \(t.shape)")
                 continue
             }
+            if t.dtype == .i8 && spec.quantizable {
+                // An int8 weight: its per-row f32 scales beside it, and whole groups of 4 columns.
+                let scaleName = spec.name + scaleSuffix, columns = spec.shape.dropFirst().reduce(1, *)
+                guard let s = tensors[scaleName] else {
+                    missing.append("\(sourcePrefix)\(scaleName) [\(spec.shape[0])] (the scales of int8 \(spec.name))")
+                    continue
+                }
+                used.insert(scaleName)
+                guard s.dtype == .f32, s.shape == [spec.shape[0]], columns % 4 == 0 else {
+                    mismatched.append("\(sourcePrefix)\(scaleName): expected f32 [\(spec.shape[0])] scales of an int8 weight with a "
+                                      + "multiple of 4 columns, file has \(s.dtype.rawValue) \(s.shape) for \(columns) columns")
+                    continue
+                }
+                placed.append(Checkpoint.Tensor(name: spec.name, dtype: t.dtype, shape: t.shape, origin: t.origin) { try t.load() })
+                placed.append(Checkpoint.Tensor(name: scaleName, dtype: s.dtype, shape: s.shape, origin: s.origin) { try s.load() })
+                continue
+            }
             guard t.dtype.isFloatingPoint else {
-                mismatched.append("\(sourcePrefix)\(spec.name): expected a floating-point tensor, file has \(t.dtype.rawValue)")
+                mismatched.append("\(sourcePrefix)\(spec.name): expected a floating-point tensor, file has \(t.dtype.rawValue)"
+                                  + (t.dtype == .i8 ? " (int8 is for the weights of Linear, pointwise and patch layers and the word embeddings)" : ""))
                 continue
             }
             placed.append(Checkpoint.Tensor(name: spec.name, dtype: t.dtype, shape: t.shape, origin: t.origin) { try t.load() })

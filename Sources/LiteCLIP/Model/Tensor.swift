@@ -7,7 +7,11 @@ import TensorIO
 /// are views of `Buffer`s that the trainable copy owns and its optimiser writes.
 public final class Tensor: @unchecked Sendable {
     public let shape: [Int]
+    /// The values; for an int8 weight (`int8` set) its per-row scales instead: every layer that
+    /// takes such a weight reads `int8`.
     public let data: UnsafePointer<Float>
+    /// The weight quantised to int8 (an int8 `.lcw`), else nil.
+    public let int8: Int8Weight?
     /// What keeps `data` alive: the file's bytes, or a `Buffer`.
     private let owner: AnyObject
 
@@ -17,6 +21,14 @@ public final class Tensor: @unchecked Sendable {
         self.shape = shape
         self.data = data
         self.owner = owner
+        int8 = nil
+    }
+
+    init(shape: [Int], int8 q: Int8Weight) {
+        self.shape = shape
+        data = q.scales
+        owner = q
+        int8 = q
     }
 
     /// The same memory under another shape (same element count).
@@ -25,6 +37,7 @@ public final class Tensor: @unchecked Sendable {
         self.shape = shape
         data = other.data
         owner = other
+        int8 = other.int8
     }
 
     /// A checkpoint tensor as a weight: zero-copy for aligned little-endian f32, else widened.
@@ -133,4 +146,51 @@ final class BufferPool: @unchecked Sendable {
     }
 
     deinit { for list in free.values { for p in list { p.deallocate() } } }
+}
+
+/// A weight stored as int8 (formats/lcw.md, "int8 weights"): row r (an output channel; a token
+/// of the word embeddings) is `values[r][...] * scales[r]`, symmetric, -127...127.
+public final class Int8Weight: @unchecked Sendable {
+    public let rows: Int
+    public let columns: Int
+    public let values: UnsafePointer<Int8>
+    public let scales: UnsafePointer<Float>
+    /// Sum of each row's values (the int8 product undoes its u8 activation offset with it).
+    let rowSums: UnsafeMutablePointer<Int32>
+    private let owners: [AnyObject]
+
+    init(rows: Int, columns: Int, values: UnsafePointer<Int8>, scales: UnsafePointer<Float>, owners: [AnyObject]) {
+        self.rows = rows
+        self.columns = columns
+        self.values = values
+        self.scales = scales
+        self.owners = owners
+        rowSums = .allocate(capacity: max(rows, 1))
+        for r in 0..<rows {
+            var s: Int32 = 0
+            let row = values + r * columns
+            for k in 0..<columns { s &+= Int32(row[k]) }
+            rowSums[r] = s
+        }
+    }
+
+    /// A quantised weight from the file's int8 values and f32 scales (zero-copy where aligned).
+    convenience init(values v: Checkpoint.Tensor, scales s: Checkpoint.Tensor) throws {
+        let vb = try v.load(), sb = try s.load()
+        let rows = v.shape.first ?? 1, columns = v.shape.dropFirst().reduce(1, *)
+        let scales: Tensor = try Tensor(loading: s)
+        guard let vp = vb.withBytes({ $0.baseAddress }) else {
+            throw ModelError(.mapping, file: "", "int8 weight \(v.name) has no data")
+        }
+        self.init(rows: rows, columns: columns, values: vp.assumingMemoryBound(to: Int8.self), scales: scales.data,
+                  owners: [BytesBox(vb), BytesBox(sb), scales])
+    }
+
+    /// Row r as floats (the word embeddings' lookup).
+    func row(_ r: Int, into dst: UnsafeMutablePointer<Float>) {
+        let s = scales[r], q = values + r * columns
+        for k in 0..<columns { dst[k] = Float(q[k]) * s }
+    }
+
+    deinit { rowSums.deallocate() }
 }

@@ -10,7 +10,13 @@ extension Kernels {
         for r in 0..<b { for j in 0..<t {
             let id = Int(min(max(ids[r * l + j], 0), Int32(v - 1)))
             let pos = min(j, positions - 1)
-            let dst = x + (r * t + j) * h, wr = word.data + id * h, pr = position.data + pos * h
+            let dst = x + (r * t + j) * h, pr = position.data + pos * h
+            if let q = word.int8 {
+                q.row(id, into: dst)
+                for k in 0..<h { dst[k] = dst[k] + tokenType.data[k] + pr[k] }
+                continue
+            }
+            let wr = word.data + id * h
             for k in 0..<h { dst[k] = wr[k] + tokenType.data[k] + pr[k] }
         } }
     }

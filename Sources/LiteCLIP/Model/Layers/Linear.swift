@@ -10,7 +10,7 @@ struct Linear {
     let bias: Tensor     // (out)
 
     init(_ s: ParameterScope, in i: Int, out o: Int) throws {
-        weight = try s.tensor("weight", [o, i])      // PyTorch's nn.Linear layout
+        weight = try s.quantizable("weight", [o, i])      // PyTorch's nn.Linear layout
         bias = try s.tensor("bias", [o])
     }
 }
@@ -19,6 +19,7 @@ extension Kernels {
 
     /// `Y[rows x out] = X[rows x in] * W^T + b` (nn.Linear on row-major activations).
     static func linear(_ x: UnsafePointer<Float>, rows: Int, weight: Tensor, bias: Tensor?, into y: UnsafeMutablePointer<Float>) {
+        if let q = weight.int8 { int8Linear(x, rows: rows, weight: q, bias: bias, into: y); return }
         let out = weight.shape[0], inp = weight.shape[1]
         if let bias {
             for r in 0..<rows { (y + r * out).update(from: bias.data, count: out) }
@@ -28,6 +29,7 @@ extension Kernels {
 
     /// Channels-first pointwise layer: `Y[out x P] = W[out x in] * X[in x P] + b` (bias per row).
     static func pointwise(_ x: UnsafePointer<Float>, columns p: Int, weight: Tensor, bias: Tensor, into y: UnsafeMutablePointer<Float>) {
+        if let q = weight.int8 { int8Product(q, x, rsx: p, csx: 1, n: p, into: y, epilogue: .store(bias: bias.data)); return }
         let out = weight.shape[0], inp = weight.shape[1]
         parallelFor(out, grain: 8) { rows in
             for r in rows { (y + r * p).update(repeating: bias.data[r], count: p) }

@@ -9,7 +9,8 @@ struct Conv2d {
     let bias: Tensor
 
     init(_ s: ParameterScope, out: Int, in cin: Int, kernel: Int) throws {
-        weight = try s.tensor("weight", [out, cin, kernel, kernel])
+        // Depthwise kernels (one input channel) stay f32; patch convolutions may be int8.
+        weight = cin > 1 ? try s.quantizable("weight", [out, cin, kernel, kernel]) : try s.tensor("weight", [out, cin, kernel, kernel])
         bias = try s.tensor("bias", [out])
     }
 }

@@ -152,7 +152,7 @@ public struct Bert: Sendable {
         config = c
         let h = c.hiddenSize
         let e = s.child("embeddings")
-        wordEmbeddings = try e.child("word_embeddings").tensor("weight", [c.vocabSize, h])
+        wordEmbeddings = try e.child("word_embeddings").quantizable("weight", [c.vocabSize, h])
         positionEmbeddings = try e.child("position_embeddings").tensor("weight", [c.maxPositionEmbeddings, h])
         tokenTypeEmbeddings = try e.child("token_type_embeddings").tensor("weight", [c.typeVocabSize, h])
         embeddingsNorm = try LayerNorm(e.child("LayerNorm"), h)

@@ -43,7 +43,8 @@ struct ConvNeXtBlock {
                  cache: Cache?) -> Buffer {
         let p = batch * h * w, h4 = fc1.weight.shape[0]
         let t = ws.reuse(scratch.t, [dim, p])
-        if cache == nil && fused && Kernels.useOwnGEMM {
+        let int8 = fc1.weight.int8 != nil || fc2.weight.int8 != nil
+        if cache == nil && fused && Kernels.useOwnGEMM && (!int8 || Kernels.int8Kernel) {
             // Fused inference path: depthwise conv and LayerNorm in one pass per block of rows;
             // then each product's epilogue does the pass that follows it while the tile is in
             // cache: bias + GELU after fc1; after fc2, x += gamma * (fc2 + b2) (t holds partial
@@ -53,7 +54,7 @@ struct ConvNeXtBlock {
                 Kernels.depthwiseConvLayerNorm(x.data, channels: dim, batch: batch, h: h, w: w, weight: convDW.weight, bias: convDW.bias,
                                                norm: norm, eps: eps, into: t.data)
             }
-            if let width = Kernels.mlpBlockColumns(hidden: h4, columns: p) {
+            if !int8, let width = Kernels.mlpBlockColumns(hidden: h4, columns: p) {
                 Kernels.timed("fc1 + fc2 per column block (both)", flops: 2 * mlp) {
                     Kernels.blockedMLP(t.data, x.data, dim: dim, hidden: h4, columns: p, blockColumns: width,
                                        w1: fc1.weight.data, b1: fc1.bias.data, w2: fc2.weight.data, b2: fc2.bias.data, gamma: gamma.data)
@@ -62,11 +63,10 @@ struct ConvNeXtBlock {
             }
             let hidden = scratch.hidden
             Kernels.timed("fc1 C->4C + bias + GELU", flops: mlp) {
-                Kernels.fusedGEMM(fc1.weight.data, t.data, hidden.data, m: h4, n: p, k: dim, epilogue: .biasGELU(bias: fc1.bias.data))
+                Kernels.fusedProduct(fc1.weight, t.data, hidden.data, n: p, epilogue: .biasGELU(bias: fc1.bias.data))
             }
             Kernels.timed("fc2 4C->C + layer scale + residual", flops: mlp) {
-                Kernels.fusedGEMM(fc2.weight.data, hidden.data, t.data, m: dim, n: p, k: h4,
-                                  epilogue: .residual(bias: fc2.bias.data, scale: gamma.data, into: x.data))
+                Kernels.fusedProduct(fc2.weight, hidden.data, t.data, n: p, epilogue: .residual(bias: fc2.bias.data, scale: gamma.data, into: x.data))
             }
             return x
         }

@@ -1,0 +1,21 @@
+// Shared between the kernels' C files; not part of the module's interface.
+#ifndef CKERNELS_INTERNAL_H
+#define CKERNELS_INTERNAL_H
+
+#include "CKernels.h"
+
+#define LC_MR 6
+#define LC_NR_MAX 32
+
+/// Applies a finished tile (row stride LC_NR_MAX) to rows [r, r+mr) and columns [j, j+nr) of C
+/// as the epilogue says (sgemm.c). first: nothing of this product in C yet; last: the final K block.
+void lc_tile_epilogue(const float *tile, int mr, int nr, int r, int j, float *c, long ldc,
+                      const lc_epilogue *e, int first, int last);
+
+/// The epilogue of one row of a full 32-wide tile straight from its two 16-wide halves (sgemm.c):
+/// cr is C at the row's first column, dr the same place in D (RESIDUAL); addC adds what C holds.
+#include <immintrin.h>
+__attribute__((target("avx512f")))
+void lc_finish_row512(__m512 v0, __m512 v1, int row, float *cr, float *dr, const lc_epilogue *e, int addC, int last);
+
+#endif
