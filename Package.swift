@@ -39,7 +39,7 @@ let package = Package(
         // Our sgemm (AVX-512 or AVX2 + FMA, chosen at run time) with fused epilogues, and
         // ConvNeXt's depthwise conv + LayerNorm (formats/kernels.md); OpenBLAS (libopenblas-dev)
         // is loaded with dlopen only where a product must run on it.
-        .target(name: "CKernels", path: "Sources/CKernels", cSettings: [.unsafeFlags(["-O3"])],
+        .target(name: "CKernels", path: "Sources/CKernels", cSettings: [.unsafeFlags(["-O3", "-ffp-contract=off"])],
                 linkerSettings: [.linkedLibrary("dl")]),
         // Readers and writers of every tensor container we support (.pt zip and legacy,
         // safetensors, .lcw). Knows nothing about liteCLIP.

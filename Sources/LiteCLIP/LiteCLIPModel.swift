@@ -137,6 +137,9 @@ public final class LiteCLIPModel: Sendable {
     }
 
     public var logitScaleExp: Float { expf(network.logitScale.scalar) }
+
+    /// True for an int8 model (`liteclip quantize`): its weights are int8 with per-row scales.
+    public var isInt8: Bool { metadata.quantization != nil }
 }
 
 /// L2-normalised embeddings: `count` rows of `dimension` floats, in input order.

@@ -62,7 +62,7 @@ struct Verify: ParsableCommand {
             1e-4 x their largest magnitude). When the image files the reference names are found \
             (relative to the reference's folder), they are decoded and preprocessed here and the \
             pixel values compared too (tolerance 1e-5), which checks the image pipeline on this \
-            machine. Exit status 1 when any value is beyond its tolerance.
+            machine. An int8 model (liteclip quantize) is checked against the same f32 reference             with its own tolerances, printed with the table: features 5% of their largest             magnitude, embeddings 1 - cosine at most 0.005 per row, logits 0.01 x exp(logit_scale),             probabilities 0.01, and each image's top-1 text the reference's. Exit status 1 when             any value is beyond its tolerance.
             """)
 
     @Argument(help: "The model: any format liteclip reads.") var model: String
