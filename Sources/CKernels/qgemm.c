@@ -4,7 +4,7 @@
 // acc[r][j] = sum_p A[r][p] * Bu[p][j] in int32: A the int8 weights (symmetric, per row), Bu the
 // activations quantised per column to -127..127 and stored offset by 128 as u8 (so u8 x s8
 // products, what VNNI's vpdpbusd multiplies), rowsum[r] = sum_p A[r][p] undoing the offset.
-// Integer sums are exact, so every path (AVX-512 VNNI, the portable C loop, the Swift reference)
+// Integer sums are exact, so every path (AVX-512 VNNI, AVX2, the Swift reference)
 // gives the same bits; the float steps are the same operations in the same order.
 //
 // Quantised columns are packed in panels of 32 columns: panel q holds columns 32q.. as K/4
@@ -21,7 +21,7 @@
 #define QNR 32
 #define QMC 96
 
-static int qisa = -1;   // 0: none (no AVX2), 1: AVX2 (portable integer loop), 2: AVX-512 VNNI
+static int qisa = -1;   // 0: none (no AVX2), 1: AVX2 (vpmaddubsw, sign trick), 2: AVX-512 VNNI
 
 static int qdetect(void) {
     if (qisa < 0) {
@@ -151,18 +151,38 @@ static void qkernel_vnni(int groups, int mr, const int8_t *a, long lda, const ui
     _mm512_storeu_si512(tile + 5 * QNR, c50); _mm512_storeu_si512(tile + 5 * QNR + 16, c51);
 }
 
-// The same sums by plain integer loops (CPUs with AVX2 but not AVX-512 VNNI).
+// AVX2 (no VNNI): vpmaddubsw multiplies u8 by s8 and adds pairs into s16, which saturates for
+// u8 activations up to 255. So the activations are taken back to s8 (x - 128: the top bit
+// flipped) and the classic sign trick keeps every pair in range: |w| (u8, at most 127) times x
+// with w's sign applied (s8, -127...127) gives w * x, and a pair is at most 2 * 127 * 127 =
+// 32258. vpmaddwd with ones then sums the pairs into int32. The tile holds the true dot products
+// sum w * (x - 128), i.e. acc - 128 * rowsum of the VNNI kernel: lc_qgemm takes that into account.
 __attribute__((target("avx2,fma")))
-static void qkernel_portable(int groups, int mr, const int8_t *a, long lda, const uint8_t *bp, int32_t *tile) {
-    for (int i = 0; i < LC_MR * QNR; i++) tile[i] = 0;
-    for (int r = 0; r < mr; r++) {
-        const int8_t *ar = a + (long)r * lda;
-        int32_t *t = tile + r * QNR;
-        const uint8_t *b = bp;
-        for (int g = 0; g < groups; g++, b += 128) {
-            int32_t w0 = ar[4 * g], w1 = ar[4 * g + 1], w2 = ar[4 * g + 2], w3 = ar[4 * g + 3];
-            for (int c = 0; c < QNR; c++)
-                t[c] += (int32_t)b[4 * c] * w0 + (int32_t)b[4 * c + 1] * w1 + (int32_t)b[4 * c + 2] * w2 + (int32_t)b[4 * c + 3] * w3;
+static void qkernel_avx2(int groups, int mr, const int8_t *a, long lda, const uint8_t *bp, int32_t *tile) {
+    const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
+    for (int half = 0; half < 2; half++) {
+        for (int r0 = 0; r0 < LC_MR; r0 += 3) {
+            const int8_t *a0 = a + (r0 < mr ? (long)r0 * lda : 0);
+            const int8_t *a1 = a + (r0 + 1 < mr ? (long)(r0 + 1) * lda : 0);
+            const int8_t *a2 = a + (r0 + 2 < mr ? (long)(r0 + 2) * lda : 0);
+            __m256i c00 = _mm256_setzero_si256(), c01 = _mm256_setzero_si256(), c10 = _mm256_setzero_si256();
+            __m256i c11 = _mm256_setzero_si256(), c20 = _mm256_setzero_si256(), c21 = _mm256_setzero_si256();
+            const uint8_t *b = bp + half * 64;
+            for (int g = 0; g < groups; g++, b += 128) {
+                __m256i b0 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)b), flip);
+                __m256i b1 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(b + 32)), flip);
+                int32_t w4;
+                __m256i w, wa;
+#define ROW(ar, lo, hi) memcpy(&w4, ar + 4 * g, 4); w = _mm256_set1_epi32(w4); wa = _mm256_abs_epi8(w); \
+                lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_maddubs_epi16(wa, _mm256_sign_epi8(b0, w)), ones)); \
+                hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_maddubs_epi16(wa, _mm256_sign_epi8(b1, w)), ones));
+                ROW(a0, c00, c01) ROW(a1, c10, c11) ROW(a2, c20, c21)
+#undef ROW
+            }
+            int32_t *t = tile + r0 * QNR + half * 16;
+            _mm256_storeu_si256((__m256i *)t, c00); _mm256_storeu_si256((__m256i *)(t + 8), c01);
+            _mm256_storeu_si256((__m256i *)(t + QNR), c10); _mm256_storeu_si256((__m256i *)(t + QNR + 8), c11);
+            _mm256_storeu_si256((__m256i *)(t + 2 * QNR), c20); _mm256_storeu_si256((__m256i *)(t + 2 * QNR + 8), c21);
         }
     }
 }
@@ -187,9 +207,9 @@ void lc_qgemm(int m, int n, int k, const int8_t *a, long lda, const float *wscal
                     continue;
                 }
                 if (vnni) qkernel_vnni(groups, h, ap, lda, bp, itile, NULL);
-                else qkernel_portable(groups, h, ap, lda, bp, itile);
+                else qkernel_avx2(groups, h, ap, lda, bp, itile);
                 for (int i = 0; i < h; i++) {
-                    int32_t off = 128 * rowsum[r + i];
+                    int32_t off = vnni ? 128 * rowsum[r + i] : 0;   // the AVX2 tile is already sum w * (x - 128)
                     float ws = wscale[r + i];
                     for (int q = 0; q < w; q++) tile[i * LC_NR_MAX + q] = ((float)(itile[i * QNR + q] - off) * ws) * xscale[jr + q];
                 }

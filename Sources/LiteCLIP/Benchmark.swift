@@ -73,12 +73,14 @@ import CKernels
     @discardableResult
     public static func select(_ choice: KernelChoice) -> String {
         switch choice {
-        case .openblas: Kernels.forceOpenBLAS = true
-        case .avx2: lc_sgemm_force_isa(1)
+        case .openblas: Kernels.forceOpenBLAS = true; Kernels.forceSwiftInt8 = true
+        case .avx2: lc_sgemm_force_isa(1); lc_qgemm_force_isa(1)
         case .avx512, .best: break
         }
-        if !Kernels.useOwnGEMM { return "openblas" }
-        return lc_sgemm_isa() == 2 ? "avx512" : "avx2"
+        // int8 models: the matching int8 kernel (AVX-512 VNNI, or AVX2 without it).
+        let int8 = !Kernels.int8Kernel ? "swift" : (lc_qgemm_isa() == 2 ? "avx512-vnni" : "avx2")
+        if !Kernels.useOwnGEMM { return "openblas (int8: \(int8))" }
+        return (lc_sgemm_isa() == 2 ? "avx512" : "avx2") + " (int8: \(int8))"
     }
 
     /// Time and GFLOP/s per layer type of the image tower at `batch` (the best of `reps`

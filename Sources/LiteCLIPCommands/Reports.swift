@@ -16,6 +16,9 @@ extension Inspection {
             out.append("source: \(m.source.file) (\(m.source.format)) sha256 \(m.source.sha256)")
             for line in m.source.partial ?? [] { out.append("partial: " + line) }
             out.append("converter: \(m.converter.name) \(m.converter.version)")
+            if let q = m.quantization {
+                out.append("quantization: \(q.tensors) weights \(q.weights), symmetric, one f32 scale per row in <weight>\(q.scaleSuffix); the rest f32")
+            }
         }
         if let g = onnx {
             out.append("onnx: ir_version \(g.irVersion), producer \(g.producer), \(g.nodes) nodes")

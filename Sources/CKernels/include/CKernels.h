@@ -88,7 +88,7 @@ void lc_parallel(long count, lc_task_fn fn, void *ctx);
 int lc_pool_threads(void);
 
 /// int8 products (qgemm.c): the micro-kernel in use, 0 none (no AVX2: the caller runs Swift
-/// loops), 1 portable integer loops (AVX2), 2 AVX-512 VNNI.
+/// loops), 1 AVX2 (vpmaddubsw with the sign trick), 2 AVX-512 VNNI.
 int lc_qgemm_isa(void);
 
 /// Uses at most `level` (tests and benchmarks); a negative level goes back to the best there is.
