@@ -20,6 +20,9 @@ let package = Package(
         // OpenSSL's libcrypto (libssl-dev): SHA-256 through EVP, which uses the CPU's SHA extensions.
         .systemLibrary(name: "CCrypto", path: "Sources/CCrypto", pkgConfig: "libcrypto",
                        providers: [.apt(["libssl-dev"])]),
+        // SQLite (libsqlite3-dev): the photo-search index (liteclip index / search).
+        .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", pkgConfig: "sqlite3",
+                       providers: [.apt(["libsqlite3-dev"])]),
         // zlib (zlib1g-dev, which libzip-dev and libpng-dev already pull in): CRC-32 for zip and PNG.
         .systemLibrary(name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib",
                        providers: [.apt(["zlib1g-dev"])]),
@@ -46,7 +49,7 @@ let package = Package(
         .target(name: "TensorIO", dependencies: ["CZip", "CONNX", "CCrypto", "CZlib", "CSystem"]),
         // The liteCLIP model: config, parameter set, mapping a checkpoint onto it, conversion,
         // tokenizer, image pipeline, and the native forward pass.
-        .target(name: "LiteCLIP", dependencies: ["TensorIO", "CKernels", "CTurboJPEG", "CPNG", "CWebP"]),
+        .target(name: "LiteCLIP", dependencies: ["TensorIO", "CKernels", "CTurboJPEG", "CPNG", "CWebP", "CSQLite"]),
         // Every command of both executables: parsing, checks before work, reports (text, JSON,
         // CSV), the one error format and the exit codes (docs/cli.md).
         .target(name: "LiteCLIPCommands", dependencies: [

@@ -20,6 +20,10 @@ public final class LiteCLIPModel: Sendable {
     /// Where the weights came from (the path given).
     public let file: String
     let network: CLIP
+    /// SHA-256 of the model's tensors (names, dtypes, shapes, bytes, in file order), computed on
+    /// first use: what a photo index records to refuse vectors of another model.
+    private let fingerprintValue: Lazy<String>
+    public var fingerprint: String { (try? fingerprintValue.value) ?? "" }
     /// Activation buffers of this model's calls (at most 1 GiB of free ones kept).
     let pool = BufferPool(maxCachedBytes: 1 << 30)
 
@@ -58,6 +62,17 @@ public final class LiteCLIPModel: Sendable {
         tokenizer = BertTokenizer(spec: metadata.tokenizer)
         let source = ParameterSource(.view(Dictionary(tensors.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })), file: file)
         network = try CLIP(ParameterScope(source), config, fused: fused, lazy: lazy)
+        fingerprintValue = Lazy(lock: NSLock()) { try Self.fingerprint(of: tensors) }
+    }
+
+    /// SHA-256 over each tensor's `name \0 dtype \0 shape \0` and then its bytes, in order.
+    static func fingerprint(of tensors: [Checkpoint.Tensor]) throws -> String {
+        var h = SHA256()
+        for t in tensors {
+            h.update(Array((t.name + "\0" + t.dtype.rawValue + "\0" + t.shape.map(String.init).joined(separator: ",") + "\0").utf8))
+            try t.load().withBytes { h.update($0) }
+        }
+        return h.finalize().map { String(format: "%02x", $0) }.joined()
     }
 
     func workspace() -> Workspace { Workspace(pool: pool) }

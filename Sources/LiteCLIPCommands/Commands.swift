@@ -17,7 +17,7 @@ public struct Liteclip: ParsableCommand {
             2 usage error, 130 interrupted.
             """,
         version: LiteCLIPVersion.string,
-        subcommands: [Convert.self, Inspect.self, Verify.self, ZeroShotCommand.self, Embed.self, Train.self, Export.self, Quantize.self, Bench.self])
+        subcommands: [Convert.self, Inspect.self, Verify.self, ZeroShotCommand.self, Embed.self, Train.self, Export.self, Quantize.self, IndexCommand.self, Search.self, Bench.self])
 
     public init() {}
 }

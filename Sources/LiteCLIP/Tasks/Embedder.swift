@@ -20,19 +20,41 @@ public enum Embedder {
     /// `progress(done, total)` after each batch.
     public static func images(_ files: [String], model: LiteCLIPModel, batchSize: Int, strict: Bool = false,
                               progress: ((Int, Int) -> Void)? = nil) throws -> ImageRun {
-        let pre = ImagePreprocessor(model.preprocess)
-        let s = model.preprocess.centerCrop, per = 3 * s * s
         var values: [Float] = []
         values.reserveCapacity(files.count * model.config.projectionDim)
         var kept: [String] = [], skipped: [SkippedFile] = []
+        var done = 0
+        try forEachBatch(files, model: model, batchSize: batchSize, strict: strict) { b in
+            kept += b.files
+            values += b.values
+            skipped += b.skipped
+            done += b.files.count + b.skipped.count
+            progress?(done, files.count)
+        }
+        return ImageRun(files: kept, embeddings: Embeddings(values: values, dimension: model.config.projectionDim), skipped: skipped)
+    }
+
+    /// One batch's result: the files embedded (rows of `values`, `(files.count, D)`) and those skipped.
+    public struct ImageBatch: Sendable {
+        public var files: [String]
+        public var values: [Float]
+        public var skipped: [SkippedFile]
+    }
+
+    /// As `images`, handing each batch to `body` as it is done (the photo index commits each
+    /// one); the next batch decodes while `body` runs.
+    public static func forEachBatch(_ files: [String], model: LiteCLIPModel, batchSize: Int, strict: Bool = false,
+                                    _ body: (ImageBatch) throws -> Void) throws {
+        let pre = ImagePreprocessor(model.preprocess)
+        let s = model.preprocess.centerCrop, per = 3 * s * s
         let size = max(batchSize, 1)
         let batches = stride(from: 0, to: files.count, by: size).map { Array(files[$0..<min($0 + size, files.count)]) }
 
         // Pipelined: the next batch is decoded on another thread while this one computes.
         var next = batches.first.map { b in BackgroundValue { _ in decode(b, pre, per) } }
         defer { _ = next?.wait() }   // never leave a decode running past a thrown error
-        var done = 0
         for (index, batch) in batches.enumerated() {
+            var kept: [String] = [], skipped: [SkippedFile] = []
             var (pixels, errors) = next!.wait()
             next = nil
             if strict, let e = errors.compactMap({ $0 }).first { throw e }
@@ -53,11 +75,9 @@ public enum Embedder {
                 good += 1
             }
             errors.removeAll()
-            if good > 0 { values += model.imageEmbeddings(pixels: Array(pixels.prefix(good * per)), batch: good) }
-            done += batch.count
-            progress?(done, files.count)
+            let values = good > 0 ? model.imageEmbeddings(pixels: Array(pixels.prefix(good * per)), batch: good) : []
+            try body(ImageBatch(files: kept, values: values, skipped: skipped))
         }
-        return ImageRun(files: kept, embeddings: Embeddings(values: values, dimension: model.config.projectionDim), skipped: skipped)
     }
 
     /// One batch decoded and preprocessed on both cores: pixels (`per` floats each), and each
