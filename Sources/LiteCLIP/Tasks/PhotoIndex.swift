@@ -156,7 +156,9 @@ public final class PhotoIndex {
             return
         }
         guard record else { throw IndexError(kind: .empty, file: path, detail: "the index has no model yet: run liteclip index first") }
-        let pre = String(data: try JSONEncoder().encode(model.preprocess), encoding: .utf8) ?? ""
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let pre = String(data: try encoder.encode(model.preprocess), encoding: .utf8) ?? ""
         try exec("BEGIN IMMEDIATE")
         do {
             try setMeta("model_fingerprint", fp)
