@@ -101,10 +101,15 @@ struct Bench: ParsableCommand {
     @Flag(help: "Time each layer type of the image tower at batch 1 and 8 instead (seconds and GFLOP/s, the fused path).")
     var layers = false
     @OptionGroup var modelOptions: ModelOptions
+    @Option(name: .customLong("index-rows"), help: ArgumentHelp("Time the photo index instead, on this many synthetic vectors (comma-separated sizes, e.g. 10000,100000,1000000): writing, loading, and a query by vector and by text.", valueName: "n,..."))
+    var indexRows: String?
     @OptionGroup var output: OutputOptions
 
     func validate() throws {
         if reps < 1 { throw ValidationError("--reps must be at least 1") }
+        if let r = indexRows, r.split(separator: ",").contains(where: { Int($0).map { $0 < 1 } ?? true }) {
+            throw ValidationError("--index-rows takes positive row counts separated by commas, not '\(r)'")
+        }
         if let b = trainBatch, b < 1 { throw ValidationError("--train-batch must be at least 1") }
     }
 
@@ -134,6 +139,21 @@ struct Bench: ParsableCommand {
             return
         }
         let m = try InferenceBenchmark.load(modelOptions.open(model, console), file: model, fused: !noFused)
+        if let indexRows {
+            for n in indexRows.split(separator: ",").compactMap({ Int($0) }) {
+                let r = try IndexBenchmark.run(model: m, rows: n, reps: reps)
+                if output.json {
+                    for (name, s) in [("write", r.insertSeconds), ("load", r.loadSeconds), ("query by vector", r.queryByVectorSeconds),
+                                      ("query by text", r.queryByTextSeconds)] {
+                        try console.json(Figure(name: "index \(n) rows: \(name)", seconds: s), pretty: false)
+                    }
+                } else {
+                    print(String(format: "index %8d rows: write %7.2f s, load %6.3f s, query by vector %7.4f s, by text (encoding included) %7.4f s; file %.0f MB",
+                                 n, r.insertSeconds, r.loadSeconds, r.queryByVectorSeconds, r.queryByTextSeconds, Double(r.fileBytes) / 1e6))
+                }
+            }
+            return
+        }
         if layers {
             for b in [1, 8] {
                 for r in InferenceBenchmark.layers(model: m, batch: b, reps: reps) {

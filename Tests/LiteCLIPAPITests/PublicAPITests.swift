@@ -37,6 +37,22 @@ final class PublicAPITests: XCTestCase {
         catch { print(error.localizedDescription) }                                    // names the file and the reason
         // ---- end of the snippet ----
 
+        // ---- the index snippet, as in README.md ----
+        let index = try PhotoIndex(path: "photos.db")                                   // SQLite, created if missing
+        let changes = try index.update(model: model, modelPath: "liteclip2.lcw", inputs: ["."])
+        print(changes.added, changes.updated, changes.removed, changes.unchanged, changes.skipped.count)
+        let hits: [PhotoIndex.Hit] = try index.search(text: "a photo of a cat", model: model, modelPath: "liteclip2.lcw", topK: 3)
+        print(hits[0].rank, hits[0].score, hits[0].path)                               // exact cosine top-k
+        let vectors = try index.vectors()                                               // load once, query many times
+        let similar = PhotoIndex.search(vector: Array(images[0]), in: vectors, topK: 3)
+        // ---- end of the index snippet ----
+        XCTAssertEqual([changes.added, changes.updated, changes.removed, changes.unchanged], [1, 0, 0, 0])
+        XCTAssertEqual(hits.count, 1)
+        XCTAssertTrue(hits[0].path.hasSuffix("/cat.jpg"), hits[0].path)
+        XCTAssertEqual(hits[0].score, similarity[0][0], accuracy: 1e-5)
+        XCTAssertEqual(similar.first?.score ?? 0, 1, accuracy: 1e-5)
+        try? FileManager.default.removeItem(atPath: "photos.db")
+
         let d = model.config.projectionDim
         XCTAssertEqual(images.count, 2)
         XCTAssertEqual(images.dimension, d)

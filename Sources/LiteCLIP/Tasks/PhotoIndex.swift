@@ -419,3 +419,66 @@ public final class PhotoIndex {
         return Self.search(vector: try model.embed(images: [img]).values, in: try vectors ?? self.vectors(), topK: topK)
     }
 }
+
+extension PhotoIndex {
+    /// Benchmarks: `count` rows of seeded random unit vectors (paths `/synthetic/NNNNNNN.jpg`) in
+    /// transactions of `batch` rows, under the model's fingerprint.
+    func insertSynthetic(count: Int, model: LiteCLIPModel, seed: UInt64 = 1, batch: Int = 10_000) throws {
+        try check(model: model, modelPath: model.file, record: true)
+        let d = model.config.projectionDim
+        var rng = SeededRNG(seed: seed)
+        let insert = try Statement(db, "INSERT OR REPLACE INTO images(path, size, mtime_ns, sha256, embedding) VALUES(?, ?, ?, ?, ?)", self)
+        var start = 0
+        while start < count {
+            let end = min(count, start + batch)
+            try transaction {
+                for i in start..<end {
+                    var v = (0..<d).map { _ in rng.nextFloat() * 2 - 1 }
+                    let norm = v.reduce(0) { $0 + $1 * $1 }.squareRoot()
+                    for k in 0..<d { v[k] /= norm }
+                    insert.bind(1, String(format: "/synthetic/%07d.jpg", i)); insert.bind(2, 0); insert.bind(3, 0)
+                    insert.bind(4, ""); insert.bind(5, v)
+                    guard sqlite3_step(insert.handle) == SQLITE_DONE else { throw fail("insert") }
+                    insert.reset()
+                }
+            }
+            start = end
+        }
+    }
+}
+
+/// `liteclip bench MODEL --index-rows N,...`: the photo index at scale, on synthetic vectors.
+@_spi(Benchmark) public enum IndexBenchmark {
+    public struct Result: Sendable {
+        public let rows: Int
+        /// Writing the rows (transactions of 10,000).
+        public let insertSeconds: Double
+        /// Loading every vector (once per process).
+        public let loadSeconds: Double
+        /// One query by vector (best of the repetitions): the matrix-vector product and the top 10.
+        public let queryByVectorSeconds: Double
+        /// One query by text, the text's encoding included.
+        public let queryByTextSeconds: Double
+        public let fileBytes: Int
+    }
+
+    public static func run(model: LiteCLIPModel, rows: Int, reps: Int) throws -> Result {
+        let dir = NSTemporaryDirectory() + "liteclip-index-bench-\(getpid())-\(rows)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let path = dir + "/bench.db"
+        let index = try PhotoIndex(path: path)
+        var t0 = Date()
+        try index.insertSynthetic(count: rows, model: model)
+        let insert = Date().timeIntervalSince(t0)
+        t0 = Date()
+        let v = try index.vectors()
+        let load = Date().timeIntervalSince(t0)
+        let q = try model.embed(texts: ["a dog on a beach"]).values
+        _ = PhotoIndex.search(vector: q, in: v, topK: 10)
+        let byVector = InferenceBenchmark.time(reps) { _ = PhotoIndex.search(vector: q, in: v, topK: 10) }
+        let byText = InferenceBenchmark.time(reps) { _ = try? index.search(text: "a dog on a beach", model: model, modelPath: model.file, topK: 10, vectors: v) }
+        let size = ((try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int) ?? 0
+        return Result(rows: rows, insertSeconds: insert, loadSeconds: load, queryByVectorSeconds: byVector, queryByTextSeconds: byText, fileBytes: size)
+    }
+}
