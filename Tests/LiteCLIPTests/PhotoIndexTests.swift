@@ -3,6 +3,7 @@ import XCTest
 @testable import LiteCLIP
 @testable import TensorIO
 import TestSupport
+import CSQLite
 
 /// The photo-search index (issue 16): incremental updates, a kill -9 mid-run, model mismatch,
 /// shards merged, and top-k equal to a brute force over `liteclip embed`'s output.
@@ -117,6 +118,18 @@ final class PhotoIndexTests: XCTestCase {
         let junk = Fixtures.tempDir() + "/junk.db"
         try "hello".write(toFile: junk, atomically: true, encoding: .utf8)
         XCTAssertThrowsError(try PhotoIndex(path: junk)) { e in XCTAssertTrue("\(e)".contains("not a liteclip photo index"), "\(e)") }
+        // Another program's SQLite database is refused and left as it was.
+        let other = Fixtures.tempDir() + "/other.db"
+        var h: OpaquePointer?
+        XCTAssertEqual(sqlite3_open(other, &h), SQLITE_OK)
+        XCTAssertEqual(sqlite3_exec(h, "CREATE TABLE photos(id INTEGER PRIMARY KEY, name TEXT)", nil, nil, nil), SQLITE_OK)
+        sqlite3_close(h)
+        let before = try Data(contentsOf: URL(fileURLWithPath: other))
+        XCTAssertThrowsError(try PhotoIndex(path: other)) { e in XCTAssertTrue("\(e)".contains("other tables: photos"), "\(e)") }
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: other)), before)
+        let s = try CLITests.run("liteclip", ["search", other, "a cat"])
+        XCTAssertEqual(s.status, 1)
+        XCTAssertTrue(s.err.contains("not a liteclip photo index"), s.err)
     }
 
     /// Three shards merged equal the index one machine builds.

@@ -49,6 +49,15 @@ public final class PhotoIndex {
         }
         sqlite3_busy_timeout(db, 10_000)
         do {
+            // Another program's database is never taken over: tables without our meta table refuse it.
+            let tables = try strings("SELECT name FROM sqlite_master WHERE type = 'table'")
+            if !tables.isEmpty && !tables.contains("meta") {
+                throw IndexError(kind: .notAnIndex, file: path,
+                                 detail: "not a liteclip photo index (an SQLite database with other tables: \(tables.sorted().prefix(5).joined(separator: ", ")))")
+            }
+            if readOnly && tables.isEmpty {
+                throw IndexError(kind: .notAnIndex, file: path, detail: "not a liteclip photo index (an empty database)")
+            }
             if !readOnly {
                 try exec("PRAGMA journal_mode=WAL")
                 try exec("PRAGMA synchronous=NORMAL")
@@ -103,6 +112,13 @@ public final class PhotoIndex {
             f.withUnsafeBytes { _ = sqlite3_bind_blob(handle, i, $0.baseAddress, Int32($0.count), PhotoIndex.transient) }
         }
         func reset() { sqlite3_reset(handle); sqlite3_clear_bindings(handle) }
+    }
+
+    private func strings(_ sql: String) throws -> [String] {
+        let s = try Statement(db, sql, self)
+        var out: [String] = []
+        while sqlite3_step(s.handle) == SQLITE_ROW { out.append(String(cString: sqlite3_column_text(s.handle, 0))) }
+        return out
     }
 
     private func meta(_ key: String) throws -> String? {
