@@ -112,20 +112,29 @@ public final class PhotoIndex {
             f.withUnsafeBytes { _ = sqlite3_bind_blob(handle, i, $0.baseAddress, Int32($0.count), PhotoIndex.transient) }
         }
         func reset() { sqlite3_reset(handle); sqlite3_clear_bindings(handle) }
+        /// Column i as text ("" for NULL: a damaged or foreign file may hold one).
+        func text(_ i: Int32) -> String { sqlite3_column_text(handle, i).map { String(cString: $0) } ?? "" }
+        /// Steps to the next row; false at the end; a damaged file is an error, not an early end.
+        func row(_ index: PhotoIndex) throws -> Bool {
+            let rc = sqlite3_step(handle)
+            if rc == SQLITE_ROW { return true }
+            if rc == SQLITE_DONE { return false }
+            throw index.fail("read")
+        }
     }
 
     private func strings(_ sql: String) throws -> [String] {
         let s = try Statement(db, sql, self)
         var out: [String] = []
-        while sqlite3_step(s.handle) == SQLITE_ROW { out.append(String(cString: sqlite3_column_text(s.handle, 0))) }
+        while try s.row(self) { out.append(s.text(0)) }
         return out
     }
 
     private func meta(_ key: String) throws -> String? {
         let s = try Statement(db, "SELECT value FROM meta WHERE key = ?", self)
         s.bind(1, key)
-        guard sqlite3_step(s.handle) == SQLITE_ROW else { return nil }
-        return String(cString: sqlite3_column_text(s.handle, 0))
+        guard try s.row(self) else { return nil }
+        return s.text(0)
     }
 
     private func setMeta(_ key: String, _ value: String) throws {
@@ -232,9 +241,8 @@ public final class PhotoIndex {
         var known: [String: (size: Int64, mtime: Int64, sha: String)] = [:]
         do {
             let s = try Statement(db, "SELECT path, size, mtime_ns, sha256 FROM images", self)
-            while sqlite3_step(s.handle) == SQLITE_ROW {
-                known[String(cString: sqlite3_column_text(s.handle, 0))] =
-                    (sqlite3_column_int64(s.handle, 1), sqlite3_column_int64(s.handle, 2), String(cString: sqlite3_column_text(s.handle, 3)))
+            while try s.row(self) {
+                known[s.text(0)] = (sqlite3_column_int64(s.handle, 1), sqlite3_column_int64(s.handle, 2), s.text(3))
             }
         }
         var todo: [String] = [], stats: [String: (Int64, Int64)] = [:], touched: [String] = []
@@ -366,12 +374,12 @@ public final class PhotoIndex {
         values.reserveCapacity(n * d)
         try? exec("PRAGMA mmap_size = 68719476736")   // read the pages through a mapping, not a read() each
         let s = try Statement(db, "SELECT path, embedding FROM images", self)   // table order: a sequential read
-        while sqlite3_step(s.handle) == SQLITE_ROW {
+        while try s.row(self) {
             let bytes = Int(sqlite3_column_bytes(s.handle, 1))
             guard bytes == 4 * d, let blob = sqlite3_column_blob(s.handle, 1) else {
                 throw IndexError(kind: .sqlite, file: path, detail: "row \(paths.count): embedding of \(bytes) bytes, expected \(4 * d)")
             }
-            paths.append(String(cString: sqlite3_column_text(s.handle, 0)))
+            paths.append(s.text(0))
             values.append(contentsOf: UnsafeBufferPointer(start: blob.assumingMemoryBound(to: Float.self), count: d))
         }
         return Vectors(paths: paths, values: values, dimension: d)
