@@ -83,8 +83,11 @@ extension Kernels {
     static func int8Linear(_ x: UnsafePointer<Float>, rows: Int, weight q: Int8Weight, bias: Tensor?, into y: UnsafeMutablePointer<Float>) {
         let out = q.rows, inp = q.columns
         let t = UnsafeMutablePointer<Float>.allocate(capacity: max(out * rows, 1))
-        defer { t.deallocate() }
-        int8Product(q, x, rsx: 1, csx: inp, n: rows, into: t, epilogue: .store(bias: bias?.data))
+        let xt = UnsafeMutablePointer<Float>.allocate(capacity: max(inp * rows, 1))
+        defer { t.deallocate(); xt.deallocate() }
+        // Tokens as contiguous columns (the vectorised quantisation): x^T, (in, rows).
+        for r in 0..<rows { for k in 0..<inp { xt[k * rows + r] = x[r * inp + k] } }
+        int8Product(q, xt, rsx: rows, csx: 1, n: rows, into: t, epilogue: .store(bias: bias?.data))
         for r in 0..<rows { for o in 0..<out { y[r * out + o] = t[o * rows + r] } }
     }
 
