@@ -23,7 +23,7 @@ public final class LiteCLIPModel: Sendable {
     /// SHA-256 of the model's tensors (names, dtypes, shapes, bytes, in file order), computed on
     /// first use: what a photo index records to refuse vectors of another model.
     private let fingerprintValue: Lazy<String>
-    public var fingerprint: String { (try? fingerprintValue.value) ?? "" }
+    public var fingerprint: String { fingerprintValue.value }   // the tensors all loaded once already, at open
     /// Activation buffers of this model's calls (at most 1 GiB of free ones kept).
     let pool = BufferPool(maxCachedBytes: 1 << 30)
 

@@ -52,13 +52,14 @@ public enum Quantizer {
                 continue
             }
             count += 1
+            // The writer takes the values and then the scales: quantised once, handed out in turn.
+            let pair = QuantizedRows { quantizeRows(try f32(), rows: rows, columns: columns) }
             out.append(Checkpoint.Tensor(name: t.name, dtype: .i8, shape: t.shape, origin: t.origin) {
-                let (q, _) = quantizeRows(try f32(), rows: rows, columns: columns)
-                return TensorBytes(owning: q.withUnsafeBytes { Array($0) })
+                TensorBytes(owning: try pair.get().values.withUnsafeBytes { Array($0) })
             })
             out.append(Checkpoint.Tensor(name: t.name + Strictness.scaleSuffix, dtype: .f32, shape: [rows], origin: t.origin) {
-                let (_, scales) = quantizeRows(try f32(), rows: rows, columns: columns)
-                return TensorBytes(owning: scales.withUnsafeBytes { Array($0) })
+                defer { pair.release() }
+                return TensorBytes(owning: try pair.get().scales.withUnsafeBytes { Array($0) })
             })
         }
         return (out, count)
@@ -77,4 +78,24 @@ public enum Quantizer {
         }
         return (q, scales)
     }
+}
+
+/// One weight's quantisation, computed on first use and shared by its values and scales tensors.
+private final class QuantizedRows: @unchecked Sendable {
+    private let lock = NSLock()
+    private let make: () throws -> (values: [Int8], scales: [Float])
+    private var made: (values: [Int8], scales: [Float])?
+
+    init(_ make: @escaping () throws -> (values: [Int8], scales: [Float])) { self.make = make }
+
+    func get() throws -> (values: [Int8], scales: [Float]) {
+        lock.lock(); defer { lock.unlock() }
+        if let made { return made }
+        let m = try make()
+        made = m
+        return m
+    }
+
+    /// Drops the result once the scales are written (the values were written before them).
+    func release() { lock.lock(); made = nil; lock.unlock() }
 }

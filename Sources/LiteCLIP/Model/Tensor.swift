@@ -176,14 +176,14 @@ public final class Int8Weight: @unchecked Sendable {
 
     /// A quantised weight from the file's int8 values and f32 scales (zero-copy where aligned).
     convenience init(values v: Checkpoint.Tensor, scales s: Checkpoint.Tensor) throws {
-        let vb = try v.load(), sb = try s.load()
+        let vb = try v.load()
         let rows = v.shape.first ?? 1, columns = v.shape.dropFirst().reduce(1, *)
-        let scales: Tensor = try Tensor(loading: s)
+        let scales = try Tensor(loading: s)      // keeps the scales' bytes alive
         guard let vp = vb.withBytes({ $0.baseAddress }) else {
             throw ModelError(.mapping, file: "", "int8 weight \(v.name) has no data")
         }
         self.init(rows: rows, columns: columns, values: vp.assumingMemoryBound(to: Int8.self), scales: scales.data,
-                  owners: [BytesBox(vb), BytesBox(sb), scales])
+                  owners: [BytesBox(vb), scales])
     }
 
     /// Row r as floats (the word embeddings' lookup).

@@ -246,6 +246,7 @@ public final class PhotoIndex {
             }
         }
         var todo: [String] = [], stats: [String: (Int64, Int64)] = [:], touched: [String] = []
+        var hashed: [String: String] = [:]   // content hashes already taken (a changed time, same size)
         for f in files {
             var st = stat()
             guard stat(f, &st) == 0 else { report.skipped.append(.init(file: f, reason: "cannot read it")); continue }
@@ -254,9 +255,9 @@ public final class PhotoIndex {
             guard let k = known[f] else { todo.append(f); continue }
             if k.size == size && k.mtime == mtime { report.unchanged += 1; continue }
             // Size or time changed: the content decides (a copy or a touch keeps the embedding).
-            if size == k.size, let sha = try? ByteSource(mapping: f).sha256(), sha == k.sha {
-                touched.append(f)
-                report.unchanged += 1
+            if size == k.size, let sha = try? ByteSource(mapping: f).sha256() {
+                hashed[f] = sha
+                if sha == k.sha { touched.append(f); report.unchanged += 1 } else { todo.append(f) }
             } else {
                 todo.append(f)
             }
@@ -286,7 +287,7 @@ public final class PhotoIndex {
         let d = model.config.projectionDim
         var done = 0
         try Embedder.forEachBatch(todo, model: model, batchSize: batchSize) { b in
-            let shas = try b.files.map { try ByteSource(mapping: $0).sha256() }
+            let shas = try b.files.map { try hashed[$0] ?? ByteSource(mapping: $0).sha256() }
             try transaction {
                 for (i, f) in b.files.enumerated() {
                     let (size, mtime) = stats[f]!
