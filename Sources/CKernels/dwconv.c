@@ -30,14 +30,35 @@ static float *scratch(size_t n) {
 
 // One implementation, instantiated for 16-wide (AVX-512) and 8-wide (AVX2) vectors through
 // clang's vector extensions. Loads and stores are unaligned (memcpy of a vector).
+// Four output rows at a time over one vector of columns: each input row of the strip is loaded
+// once per tap column (kx) and feeds every one of the four output rows it touches (ky = i - o),
+// so a block of four rows costs (K + 3) * K loads for 4 * K * K multiply-adds. Each output still
+// sums bias, then its taps ky = 0..K-1, kx = 0..K-1 in that order, with fused multiply-adds.
+#define DW_ROWS4(KK)                                                                                    \
+    for (int i = 0; i < (KK) + 3; i++) {                                                                \
+        const float *in = s + (long)(r - r0 + i) * PW + j;                                              \
+        for (int kx = 0; kx < (KK); kx++) {                                                             \
+            vf v; memcpy(&v, in + kx, sizeof v);                                                        \
+            if (i < (KK)) a0 += kw[i * (KK) + kx] * v;                                                  \
+            if (i >= 1 && i - 1 < (KK)) a1 += kw[(i - 1) * (KK) + kx] * v;                              \
+            if (i >= 2 && i - 2 < (KK)) a2 += kw[(i - 2) * (KK) + kx] * v;                              \
+            if (i >= 3 && i - 3 < (KK)) a3 += kw[(i - 3) * (KK) + kx] * v;                              \
+        }                                                                                               \
+    }
+
+// One implementation, instantiated for 16-wide (AVX-512) and 8-wide (AVX2) vectors through
+// clang's vector extensions. Loads and stores are unaligned (memcpy of a vector).
 #define DWLN_IMPL(NAME, TARGET, VW)                                                                     \
 __attribute__((target(TARGET)))                                                                         \
 static void NAME(const float *x, int C, int B, int H, int W, int K, const float *wt, const float *dwb,  \
                  const float *lnw, const float *lnb, float eps, float *y, int b, int r0, int r1) {      \
+    _Pragma("clang fp contract(fast)")                                                                  \
     typedef float vf __attribute__((vector_size(VW * 4)));                                              \
     const int pad = K / 2, PW = W + 2 * pad + VW, rows = r1 - r0 + 2 * pad;                             \
     const long HW = (long)H * W, P = (long)B * HW;                                                      \
-    float *s = scratch((size_t)rows * PW + VW);                                                         \
+    /* + 3 zero rows: a last group of fewer than four output rows reads them and drops the result */    \
+    float *s = scratch((size_t)(rows + 3) * PW + VW);                                                   \
+    memset(s + (long)rows * PW, 0, sizeof(float) * (3 * (size_t)PW + VW));                              \
     for (int c = 0; c < C; c++) {                                                                       \
         const float *plane = x + ((long)c * B + b) * HW;                                                \
         for (int rr = 0; rr < rows; rr++) {                                                             \
@@ -50,47 +71,16 @@ static void NAME(const float *x, int C, int B, int H, int W, int K, const float 
         }                                                                                               \
         const float *kw = wt + (long)c * K * K;                                                         \
         vf bias = (vf){} + dwb[c];                                                                      \
-        /* Four output rows at a time: four independent accumulator chains (one chain would             \
-           wait on the FMA latency at every tap), each summing its taps in the same order. */           \
-        int r = r0;                                                                                     \
-        for (; r + 4 <= r1; r += 4) {                                                                   \
+        for (int r = r0; r < r1; r += 4) {                                                              \
+            int nrow = r1 - r < 4 ? r1 - r : 4;                                                         \
             float *out = y + ((long)c * B + b) * HW + (long)r * W;                                      \
             for (int j = 0; j < W; j += VW) {                                                           \
                 vf a0 = bias, a1 = bias, a2 = bias, a3 = bias;                                          \
-                for (int ky = 0; ky < K; ky++) {                                                        \
-                    const float *in = s + (long)(r - r0 + ky) * PW + j;                                 \
-                    const float *wr = kw + ky * K;                                                      \
-                    for (int kx = 0; kx < K; kx++) {                                                    \
-                        vf v0, v1, v2, v3;                                                              \
-                        memcpy(&v0, in + kx, sizeof v0); memcpy(&v1, in + PW + kx, sizeof v1);          \
-                        memcpy(&v2, in + 2 * PW + kx, sizeof v2); memcpy(&v3, in + 3 * PW + kx, sizeof v3);\
-                        float wv = wr[kx];                                                              \
-                        a0 += wv * v0; a1 += wv * v1; a2 += wv * v2; a3 += wv * v3;                     \
-                    }                                                                                   \
-                }                                                                                       \
-                if (j + VW <= W) {                                                                    \
-                    memcpy(out + j, &a0, sizeof a0); memcpy(out + W + j, &a1, sizeof a1);               \
-                    memcpy(out + 2 * W + j, &a2, sizeof a2); memcpy(out + 3 * W + j, &a3, sizeof a3);   \
-                } else {                                                                                \
-                    int n = W - j;                                                                      \
-                    memcpy(out + j, &a0, sizeof(float) * n); memcpy(out + W + j, &a1, sizeof(float) * n);\
-                    memcpy(out + 2 * W + j, &a2, sizeof(float) * n); memcpy(out + 3 * W + j, &a3, sizeof(float) * n);\
-                }                                                                                       \
-            }                                                                                           \
-        }                                                                                               \
-        for (; r < r1; r++) {                                                                           \
-            float *out = y + ((long)c * B + b) * HW + (long)r * W;                                      \
-            for (int j = 0; j < W; j += VW) {                                                           \
-                vf acc = bias;                                                                          \
-                for (int ky = 0; ky < K; ky++) {                                                        \
-                    const float *in = s + (long)(r - r0 + ky) * PW + j;                                 \
-                    const float *wr = kw + ky * K;                                                      \
-                    for (int kx = 0; kx < K; kx++) {                                                    \
-                        vf v; memcpy(&v, in + kx, sizeof v);                                            \
-                        acc += wr[kx] * v;                                                              \
-                    }                                                                                   \
-                }                                                                                       \
-                memcpy(out + j, &acc, sizeof(float) * (W - j < VW ? W - j : VW));                       \
+                if (K == 7) { _Pragma("clang loop unroll(full)") DW_ROWS4(7) }                          \
+                else { DW_ROWS4(K) }                                                                    \
+                int n = W - j < VW ? W - j : VW;                                                        \
+                vf acc[4] = {a0, a1, a2, a3};                                                           \
+                for (int o = 0; o < nrow; o++) memcpy(out + (long)o * W + j, &acc[o], sizeof(float) * n); \
             }                                                                                           \
         }                                                                                               \
     }                                                                                                   \
@@ -105,8 +95,7 @@ static void NAME(const float *x, int C, int B, int H, int W, int K, const float 
         for (int c = 0; c < C; c++) { vf v; memcpy(&v, y + c * P + q0 + j, sizeof v); m += v; }         \
         m *= inv;                                                                                       \
         for (int c = 0; c < C; c++) { vf v; memcpy(&v, y + c * P + q0 + j, sizeof v); v -= m; q += v * v; } \
-        vf rs;                                                                                          \
-        for (int l = 0; l < VW; l++) rs[l] = 1.0f / sqrtf(q[l] * inv + eps);                            \
+        vf rs = 1.0f / __builtin_elementwise_sqrt(q * inv + eps);                                       \
         for (int c = 0; c < C; c++) {                                                                   \
             float *p = y + c * P + q0 + j;                                                              \
             vf v; memcpy(&v, p, sizeof v);                                                              \
@@ -129,7 +118,7 @@ DWLN_IMPL(dwln_avx2, "avx2,fma", 8)
 
 int lc_dwconv_layernorm_rows(int channels, int width) {
     int r = 24576 / (channels * width > 0 ? channels * width : 1);
-    r = r / 4 * 4;   /* whole groups of four rows (see the conv loop) */
+    r = r / 4 * 4;   /* whole groups of four rows (the conv's register block) */
     return r < 4 ? 4 : r;
 }
 

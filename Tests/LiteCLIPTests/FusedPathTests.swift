@@ -90,8 +90,9 @@ final class FusedPathTests: XCTestCase {
         XCTAssertLessThanOrEqual(maxDiff(g.c, g.swift), 1e-6, "gelu")
         XCTAssertLessThanOrEqual(maxDiff(gb.c, gb.swift), 1e-6, "gelu backward")
         forEachKernel { isa in
-        for (c, b, h, w) in [(5, 2, 9, 11), (3, 1, 7, 7), (4, 2, 20, 37)] {
-            let wt = Buffer([c, 1, 7, 7], (0..<(c * 49)).map { _ in rng.nextFloat() * 2 - 1 }).view
+        // k = 3: the C kernel's generic path (ConvNeXt's 7 x 7 has its own unrolled one).
+        for (c, b, h, w, k) in [(5, 2, 9, 11, 7), (3, 1, 7, 7, 7), (4, 2, 20, 37, 7), (3, 2, 6, 19, 3)] {
+            let wt = Buffer([c, 1, k, k], (0..<(c * k * k)).map { _ in rng.nextFloat() * 2 - 1 }).view
             let bias = Buffer([c], (0..<c).map { _ in rng.nextFloat() }).view
             let input = (0..<(c * b * h * w)).map { _ in rng.nextFloat() * 2 - 1 }
             let conv = both { () -> [Float] in
@@ -99,19 +100,19 @@ final class FusedPathTests: XCTestCase {
                 Kernels.depthwiseConv(input, channels: c, batch: b, h: h, w: w, weight: wt, bias: bias, into: &y)
                 return y
             }
-            print("\(isa) depthwise conv \(c)x\(b)x\(h)x\(w): max abs diff \(maxDiff(conv.c, conv.swift))")
+            print("\(isa) depthwise conv \(c)x\(b)x\(h)x\(w) k \(k): max abs diff \(maxDiff(conv.c, conv.swift))")
             XCTAssertLessThanOrEqual(maxDiff(conv.c, conv.swift), 1e-5, "\(isa) depthwise conv \(c)x\(b)x\(h)x\(w)")
             // The weight gradient (training's backward).
             let g = (0..<input.count).map { _ in rng.nextFloat() * 2 - 1 }
             let dw = both { () -> [Float] in
-                var d = [Float](repeating: 0.5, count: c * 49)
+                var d = [Float](repeating: 0.5, count: c * k * k)
                 var scratch = [Float](repeating: 0, count: input.count)
                 Kernels.depthwiseConvBackward(x: input, dy: g, channels: c, batch: b, h: h, w: w, weight: wt, dWeight: &d, dBias: nil,
                                               accumulateInto: nil, scratch: &scratch)
                 return d
             }
             print("\(isa) depthwise conv weight gradient \(c)x\(b)x\(h)x\(w): max abs diff \(maxDiff(dw.c, dw.swift))")
-            XCTAssertNotEqual(dw.c, [Float](repeating: 0.5, count: c * 49))
+            XCTAssertNotEqual(dw.c, [Float](repeating: 0.5, count: c * k * k))
             XCTAssertLessThanOrEqual(maxDiff(dw.c, dw.swift), 1e-4, "\(isa) depthwise conv weight gradient \(c)x\(b)x\(h)x\(w)")
         }
         }

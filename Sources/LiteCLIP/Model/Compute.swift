@@ -159,11 +159,22 @@ public enum Kernels {
     /// a block into a hidden block that stays in the core's L2, then fc2 (+ layer scale, residual)
     /// from it into `x`; `t` (the block's input) holds fc2's partial sums. Nil when the columns
     /// are too few for every core to get several blocks (the per-product split is used then).
+    /// Also nil when the two weight matrices (`2 x C x 4C` floats) would not stay in a core's L2
+    /// between blocks: every block would then read them again from L3 or memory, more traffic than
+    /// the hidden block it keeps out of memory (`C / width` times as much; stages 2 and 3 here).
     static func mlpBlockColumns(hidden h4: Int, columns p: Int) -> Int? {
         guard useOwnGEMM else { return nil }
         let width = max(32, (131_072 / h4) / 32 * 32)          // a 512 KiB hidden block
+        let weightBytes = 2 * (h4 / 4) * h4 * MemoryLayout<Float>.size
+        guard weightBytes + h4 * width * MemoryLayout<Float>.size <= l2Bytes else { return nil }
         return p >= 4 * cores * width ? width : nil
     }
+
+    /// One core's L2 cache (glibc's sysconf; 1 MiB where it does not say).
+    static let l2Bytes: Int = {
+        let n = sysconf(Int32(_SC_LEVEL2_CACHE_SIZE))
+        return n > 0 ? n : 1 << 20
+    }()
 
     static func blockedMLP(_ t: UnsafeMutablePointer<Float>, _ x: UnsafeMutablePointer<Float>, dim: Int, hidden h4: Int, columns p: Int,
                            blockColumns width: Int, w1: UnsafePointer<Float>, b1: UnsafePointer<Float>,
