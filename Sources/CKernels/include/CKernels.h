@@ -2,6 +2,7 @@
 #define CKERNELS_H
 
 #include <stdint.h>
+#include <stddef.h>
 
 /// Matrix products for ConvNeXt's pointwise layers with the pass that follows each one fused into
 /// the product's own tiles (formats/kernels.md). AVX2 + FMA; `lc_sgemm_available()` says whether
@@ -86,6 +87,10 @@ void lc_parallel(long count, lc_task_fn fn, void *ctx);
 
 /// The threads `lc_parallel` uses: the workers plus the caller (starts the workers).
 int lc_pool_threads(void);
+
+/// A buffer of at least `count` floats (64-byte aligned) owned by the calling thread, for use
+/// within one task: the next call on the same thread may move it. Freed when the thread ends.
+float *lc_task_scratch(size_t count);
 
 /// int8 products (qgemm.c): the micro-kernel in use, 0 none (no AVX2: the caller runs Swift
 /// loops), 1 AVX2 (vpmaddubsw with the sign trick), 2 AVX-512 VNNI.

@@ -75,16 +75,14 @@ extension Kernels {
         }
     }
 
-    /// The C depthwise pass's work units, (image, rows r0..<r1) blocks, spread over the cores.
+    /// The C depthwise pass's work units, (image, rows r0..<r1) blocks, claimed one at a time by
+    /// the cores.
     private static func rowBlocks(channels: Int, batch: Int, h: Int, w: Int, _ body: (Int, Int, Int) -> Void) {
         let rows = min(h, Int(lc_dwconv_layernorm_rows(Int32(channels), Int32(w))))
-        let blocks = (h + rows - 1) / rows, units = batch * blocks
-        let threads = min(cores, units)
-        parallel(threads) { t in
-            for u in stride(from: t, to: units, by: threads) {
-                let image = u / blocks, r0 = (u % blocks) * rows
-                body(image, r0, min(h, r0 + rows))
-            }
+        let blocks = (h + rows - 1) / rows
+        parallel(batch * blocks) { u in
+            let image = u / blocks, r0 = (u % blocks) * rows
+            body(image, r0, min(h, r0 + rows))
         }
     }
 
