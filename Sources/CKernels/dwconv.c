@@ -3,33 +3,15 @@
 // in cache while the norm reads it back. Planes are [C][B][H*W]; zero padding k/2.
 
 #include "CKernels.h"
+#include "internal.h"
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
 #include <pthread.h>
 
-static __thread float *dw_scratch = NULL;
-static __thread size_t dw_capacity = 0;
+// The calling thread's padded-strip scratch.
+static float *scratch(size_t n) { return lc_thread_buffer(LC_BUFFER_DWCONV, n); }
 
-static pthread_key_t dw_key;
-static pthread_once_t dw_key_once = PTHREAD_ONCE_INIT;
-static void free_scratch(void *p) { free(p); }
-static void make_dw_key(void) { pthread_key_create(&dw_key, free_scratch); }
-
-float *lc_thread_buffer(float **slot, size_t *capacity, size_t need);   /* sgemm.c */
-
-// A per-thread scratch, grown as needed, freed when the thread ends.
-static float *scratch(size_t n) {
-    if (n > dw_capacity) {
-        pthread_once(&dw_key_once, make_dw_key);
-        lc_thread_buffer(&dw_scratch, &dw_capacity, n);
-        pthread_setspecific(dw_key, dw_scratch);
-    }
-    return dw_scratch;
-}
-
-// One implementation, instantiated for 16-wide (AVX-512) and 8-wide (AVX2) vectors through
-// clang's vector extensions. Loads and stores are unaligned (memcpy of a vector).
 // Four output rows at a time over one vector of columns: each input row of the strip is loaded
 // once per tap column (kx) and feeds every one of the four output rows it touches (ky = i - o),
 // so a block of four rows costs (K + 3) * K loads for 4 * K * K multiply-adds. Each output still

@@ -7,6 +7,14 @@
 #define LC_MR 6
 #define LC_NR_MAX 32
 
+/// The calling thread's scratch buffers, one per use so that none moves another's: sgemm's
+/// packed B, the depthwise pass's padded strip, and `lc_task_scratch`'s (pool.c).
+enum { LC_BUFFER_PACK, LC_BUFFER_DWCONV, LC_BUFFER_TASK, LC_BUFFER_COUNT };
+
+/// Buffer `which` of the calling thread with room for at least `need` floats (64-byte aligned;
+/// its contents do not survive growth). All of a thread's buffers are freed when it ends.
+float *lc_thread_buffer(int which, size_t need);
+
 /// Applies a finished tile (row stride LC_NR_MAX) to rows [r, r+mr) and columns [j, j+nr) of C
 /// as the epilogue says (sgemm.c). first: nothing of this product in C yet; last: the final K block.
 void lc_tile_epilogue(const float *tile, int mr, int nr, int r, int j, float *c, long ldc,

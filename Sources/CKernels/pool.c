@@ -11,6 +11,7 @@
 // can never claim a task of the next one.
 
 #include "CKernels.h"
+#include "internal.h"
 #include <pthread.h>
 #include <stdlib.h>
 #include <stdatomic.h>
@@ -120,22 +121,5 @@ void lc_parallel(long count, lc_task_fn fn, void *ctx) {
 }
 
 // A scratch of the calling thread for tasks claimed one by one (the column-blocked MLP's hidden
-// block): grown as needed, freed when the thread ends; not the buffers sgemm or the depthwise
-// pass use inside their calls.
-static __thread float *task_scratch = NULL;
-static __thread size_t task_capacity = 0;
-static pthread_key_t task_key;
-static pthread_once_t task_key_once = PTHREAD_ONCE_INIT;
-static void free_task_scratch(void *p) { free(p); }
-static void make_task_key(void) { pthread_key_create(&task_key, free_task_scratch); }
-
-float *lc_thread_buffer(float **slot, size_t *capacity, size_t need);   /* sgemm.c */
-
-float *lc_task_scratch(size_t count) {
-    if (count > task_capacity) {
-        pthread_once(&task_key_once, make_task_key);
-        lc_thread_buffer(&task_scratch, &task_capacity, count);
-        pthread_setspecific(task_key, task_scratch);
-    }
-    return task_scratch;
-}
+// block); not the buffers sgemm or the depthwise pass use inside their calls.
+float *lc_task_scratch(size_t count) { return lc_thread_buffer(LC_BUFFER_TASK, count); }

@@ -254,23 +254,27 @@ void lc_tile_epilogue(const float *tile, int mr, int nr, int r, int j, float *c,
     }
 }
 
-static __thread float *pack_buffer = NULL;
-static __thread size_t pack_capacity = 0;
+// Per-thread buffers grow as needed and are freed when their thread ends (callers run on the
+// pool's workers, Dispatch's, and short-lived threads).
+static __thread float *thread_buffers[LC_BUFFER_COUNT];
+static __thread size_t thread_capacities[LC_BUFFER_COUNT];
+static pthread_key_t buffers_key;
+static pthread_once_t buffers_key_once = PTHREAD_ONCE_INIT;
+static void free_buffers(void *p) {
+    float **b = p;
+    for (int i = 0; i < LC_BUFFER_COUNT; i++) { free(b[i]); b[i] = NULL; }
+}
+static void make_buffers_key(void) { pthread_key_create(&buffers_key, free_buffers); }
 
-// Per-thread buffers grow as needed and are freed when their thread ends (callers run on
-// Dispatch's workers and on short-lived threads).
-static pthread_key_t buffer_key;
-static pthread_once_t buffer_key_once = PTHREAD_ONCE_INIT;
-static void free_buffer(void *p) { free(p); }
-static void make_buffer_key(void) { pthread_key_create(&buffer_key, free_buffer); }
-
-float *lc_thread_buffer(float **slot, size_t *capacity, size_t need) {
-    if (need <= *capacity) return *slot;
+float *lc_thread_buffer(int which, size_t need) {
+    if (need <= thread_capacities[which]) return thread_buffers[which];
     float *p = aligned_alloc(64, (need * sizeof(float) + 63) / 64 * 64);
     if (!p) { fprintf(stderr, "liteclip: out of memory for a %zu-float kernel buffer\n", need); abort(); }
-    free(*slot);
-    *slot = p;
-    *capacity = need;
+    free(thread_buffers[which]);
+    thread_buffers[which] = p;
+    thread_capacities[which] = need;
+    pthread_once(&buffers_key_once, make_buffers_key);
+    pthread_setspecific(buffers_key, thread_buffers);   // the destructor frees them all
     return p;
 }
 
@@ -284,11 +288,7 @@ void lc_sgemm_strided(int m, int n, int k, const float *a, long rsa, long csa, c
     int kc_max = k <= 0 ? 0 : (k + kblocks - 1) / kblocks;
     int ncap = n < NC ? n : NC;
     size_t need = (size_t)kc_max * (size_t)((ncap + nr - 1) / nr * nr) + NR_MAX;
-    if (need > pack_capacity) {
-        pthread_once(&buffer_key_once, make_buffer_key);
-        lc_thread_buffer(&pack_buffer, &pack_capacity, need);
-        pthread_setspecific(buffer_key, pack_buffer);   // freed when this thread ends
-    }
+    float *pack_buffer = lc_thread_buffer(LC_BUFFER_PACK, need);
     float tile[MR * NR_MAX] __attribute__((aligned(64)));
     for (int jc = 0; jc < n; jc += NC) {
         int nc = n - jc < NC ? n - jc : NC;
