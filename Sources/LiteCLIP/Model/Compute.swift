@@ -135,10 +135,10 @@ public enum Kernels {
 
     /// Runs `run` over parts of an M x N product, one per core: the dimension whose parts come
     /// out most even (whole 32-column panels, whole 6-row tiles); columns win ties (each part
-    /// then packs only its own columns). Small products run whole on the calling thread.
-    /// Split by columns, products of at least 5e8 multiply-adds (batch 8's later stages) are cut
-    /// into two parts per core, claimed one at a time, so that a core slowed by another thread or
-    /// process takes fewer of them (column parts pack disjoint columns: no packing is repeated).
+    /// then packs only its own columns). Small products run whole on the calling thread. Split by
+    /// columns, products of at least 5e8 multiply-adds (batch 8's later stages) are cut into two
+    /// parts per core, claimed one at a time, so that a core slowed by another thread or process
+    /// takes fewer of them (column parts pack disjoint columns: no packing is repeated).
     static func split(m: Int, n: Int, k: Int, _ run: (Range<Int>, Range<Int>) -> Void) {
         guard m > 0 && n > 0 else { return }
         let work = Double(m) * Double(n) * Double(k)
@@ -146,12 +146,9 @@ public enum Kernels {
         let colChunk = ((n + cores - 1) / cores + 31) / 32 * 32, rowChunk = ((m + cores - 1) / cores + 5) / 6 * 6
         let colWaste = Double(colChunk * cores) / Double(n), rowWaste = Double(rowChunk * cores) / Double(m)
         if colWaste <= rowWaste * 1.02 {
-            let finer = ((n + 2 * cores - 1) / (2 * cores) + 31) / 32 * 32
-            let (parts, colChunk) = work >= 5e8 && n >= 4 * cores * 32 ? ((n + finer - 1) / finer, finer) : (cores, colChunk)
-            parallel(parts) { t in
-                let cols = min(n, t * colChunk)..<min(n, (t + 1) * colChunk)
-                if !cols.isEmpty { run(0..<m, cols) }
-            }
+            let parts = work >= 5e8 && n >= 4 * cores * 32 ? 2 * cores : cores
+            let chunk = ((n + parts - 1) / parts + 31) / 32 * 32
+            parallel((n + chunk - 1) / chunk) { t in run(0..<m, t * chunk..<min(n, (t + 1) * chunk)) }
         } else {
             parallel(cores) { t in
                 let rows = min(m, t * rowChunk)..<min(m, (t + 1) * rowChunk)
@@ -190,12 +187,12 @@ public enum Kernels {
         parallel(blocks) { b in
             let h = lc_task_scratch(h4 * width)!
             let j0 = b * width, n = min(width, p - j0)
-            var e1 = lc_epilogue()
-            e1.kind = Int32(LC_EPILOGUE_BIAS_GELU); e1.bias = b1
-            withUnsafePointer(to: e1) { lc_sgemm_strided(Int32(h4), Int32(n), Int32(dim), w1, dim, 1, t + j0, p, 1, h, n, $0) }
-            var e2 = lc_epilogue()
-            e2.kind = Int32(LC_EPILOGUE_RESIDUAL); e2.bias = b2; e2.scale = gamma; e2.dst = x + j0; e2.ldd = p
-            withUnsafePointer(to: e2) { lc_sgemm_strided(Int32(dim), Int32(n), Int32(h4), w2, h4, 1, h, n, 1, t + j0, p, $0) }
+            withUnsafePointer(to: Epilogue.biasGELU(bias: b1).c(columns: n)) {
+                lc_sgemm_strided(Int32(h4), Int32(n), Int32(dim), w1, dim, 1, t + j0, p, 1, h, n, $0)
+            }
+            withUnsafePointer(to: Epilogue.residual(bias: b2, scale: gamma, into: x + j0).c(columns: p)) {   // D's row stride: p
+                lc_sgemm_strided(Int32(dim), Int32(n), Int32(h4), w2, h4, 1, h, n, 1, t + j0, p, $0)
+            }
         }
     }
 
