@@ -40,16 +40,18 @@ static void NAME(const float *x, int C, int B, int H, int W, int K, const float 
     const long HW = (long)H * W, P = (long)B * HW;                                                      \
     /* + 3 zero rows: a last group of fewer than four output rows reads them and drops the result */    \
     float *s = scratch((size_t)(rows + 3) * PW + VW);                                                   \
-    memset(s + (long)rows * PW, 0, sizeof(float) * (3 * (size_t)PW + VW));                              \
+    /* Zeroed once per call: the borders and any rows outside the image stay zero, and each             \
+       channel overwrites only the image part of the rows inside it. */                                 \
+    memset(s, 0, sizeof(float) * ((size_t)(rows + 3) * PW + VW));                                       \
+    const int rlo = r0 - pad < 0 ? pad - r0 : 0, rhi = r1 + pad > H ? H - r0 + pad : rows;              \
     for (int c = 0; c < C; c++) {                                                                       \
         const float *plane = x + ((long)c * B + b) * HW;                                                \
-        for (int rr = 0; rr < rows; rr++) {                                                             \
-            int row = r0 - pad + rr;                                                                    \
-            float *d = s + (long)rr * PW;                                                               \
-            memset(d, 0, sizeof(float) * pad);                                                          \
-            if (row >= 0 && row < H) memcpy(d + pad, plane + (long)row * W, sizeof(float) * W);         \
-            else memset(d + pad, 0, sizeof(float) * W);                                                 \
-            memset(d + pad + W, 0, sizeof(float) * (PW - pad - W));                                    \
+        for (int rr = rlo; rr < rhi; rr++) {                                                            \
+            const float *src = plane + (long)(r0 - pad + rr) * W;                                       \
+            float *d = s + (long)rr * PW + pad;                                                         \
+            int q = 0;                                                                                  \
+            for (; q + VW <= W; q += VW) { vf v; memcpy(&v, src + q, sizeof v); memcpy(d + q, &v, sizeof v); }\
+            for (; q < W; q++) d[q] = src[q];                                                           \
         }                                                                                               \
         const float *kw = wt + (long)c * K * K;                                                         \
         vf bias = (vf){} + dwb[c];                                                                      \
@@ -98,16 +100,29 @@ static void NAME(const float *x, int C, int B, int H, int W, int K, const float 
 DWLN_IMPL(dwln_avx512, "avx512f", 16)
 DWLN_IMPL(dwln_avx2, "avx2,fma", 8)
 
-int lc_dwconv_layernorm_rows(int channels, int width) {
-    int r = 24576 / (channels * width > 0 ? channels * width : 1);
-    r = r / 4 * 4;   /* whole groups of four rows (the conv's register block) */
-    return r < 4 ? 4 : r;
+int lc_dwconv_layernorm_rows(int channels, int height, int width, int batch, int cores) {
+    /* A block's output (C x rows x W) stays in L2 (384 KiB) while the norm reads it back; with
+       fewer images than cores, each image splits into a multiple of `cores` blocks. */
+    const long budget = 98304;
+    long total = (long)channels * height * width;
+    int blocks = (int)((total + budget - 1) / budget);
+    if (blocks < 1) blocks = 1;
+    if (batch < cores) {
+        int least = (cores + batch - 1) / batch;
+        if (blocks < least) blocks = least;
+        blocks = (blocks + cores - 1) / cores * cores;
+    }
+    int rows = (height + blocks - 1) / blocks;
+    int whole = (rows + 3) / 4 * 4;   /* whole groups of four rows (the conv's register block) */
+    if ((height + whole - 1) / whole == blocks) rows = whole;
+    return rows < 1 ? 1 : rows;
 }
 
 void lc_dwconv_layernorm(const float *x, int channels, int batch, int h, int w, int k, const float *weight,
                          const float *conv_bias, const float *norm_weight, const float *norm_bias, float eps,
                          float *y, int image, int row_start, int row_end) {
-    if (lc_sgemm_isa() == 2)
+    /* Rows of at most 8 columns (stage 3's 7 x 7) fill an 8-wide vector better than a 16-wide one. */
+    if (lc_sgemm_isa() == 2 && w > 8)
         dwln_avx512(x, channels, batch, h, w, k, weight, conv_bias, norm_weight, norm_bias, eps, y, image, row_start, row_end);
     else
         dwln_avx2(x, channels, batch, h, w, k, weight, conv_bias, norm_weight, norm_bias, eps, y, image, row_start, row_end);

@@ -33,7 +33,8 @@ final class FusedPathTests: XCTestCase {
     func testFusedBlockEqualsPlainPath() throws {
         XCTAssertTrue(Kernels.ownGEMMAvailable, "this CPU has AVX2 and FMA: the fused path must run")
         try forEachKernel { isa in
-        for (dim, b, h, w) in [(8, 2, 9, 11), (100, 2, 9, 11), (32, 2, 64, 65)] {
+        // Batch 1: each image's depthwise rows split between the cores; 7 x 7 (8-wide vectors).
+        for (dim, b, h, w) in [(8, 2, 9, 11), (100, 2, 9, 11), (32, 2, 64, 65), (24, 1, 7, 7), (16, 1, 30, 29)] {
             let c = ConvNeXtConfig(dims: [dim, dim, dim, dim], depths: [1, 1, 1, 1])
             var rng = SeededRNG(seed: 11)
             var tensors: [String: Checkpoint.Tensor] = [:]
@@ -126,7 +127,10 @@ final class FusedPathTests: XCTestCase {
         forEachKernel { isa in
         var rng = SeededRNG(seed: 5)
         func random(_ n: Int) -> [Float] { (0..<n).map { _ in rng.nextFloat() * 2 - 1 } }
-        for (m, n, k) in [(1, 1, 1), (7, 5, 3), (6, 16, 96), (13, 37, 400), (96, 49, 768), (40, 300, 1000), (200, 130, 64), (5, 9, 0)] {
+        // (1400, 37, 400): each core's rows of A exceed 1 MiB with few columns, the row-tile path
+        // (K whole, every panel per tile of A, the next tile prefetched), with an edge tile.
+        for (m, n, k) in [(1, 1, 1), (7, 5, 3), (6, 16, 96), (13, 37, 400), (96, 49, 768), (40, 300, 1000), (200, 130, 64), (5, 9, 0),
+                          (1400, 37, 400)] {
             let a = random(m * k), b = random(k * n), bias = random(m), scale = random(m), d0 = random(m * n)
             // The reference product in double precision, by the definition (independent of every kernel).
             var want = [Float](repeating: 0, count: m * n)

@@ -12,7 +12,7 @@
 enum {
     /// C[r][j] = sum (+ bias[r] when bias is given).
     LC_EPILOGUE_STORE = 0,
-    /// C[r][j] = gelu(sum + bias[r]), the exact erf GELU of `Kernels.geluVector`.
+    /// C[r][j] = gelu(sum + bias[r]), the erf GELU of `lc_gelu` (same bits).
     LC_EPILOGUE_BIAS_GELU = 1,
     /// D[r][j] += scale[r] * (sum + bias[r]): ConvNeXt's layer scale and residual. C is scratch
     /// (partial sums when K is split); D is the residual stream.
@@ -49,11 +49,12 @@ void lc_sgemm_strided(int m, int n, int k, const float *a, long rsa, long csa, c
 void lc_sgemm(int m, int n, int k, const float *a, long lda, const float *b, long ldb,
               float *c, long ldc, const lc_epilogue *epilogue);
 
-/// x = gelu(x) (the erf GELU of Kernels.geluVector, same arithmetic) over n floats; returns 0
-/// without touching x where the CPU has no AVX-512 (the caller runs its own loop).
+/// x = gelu(x) over n floats, the same arithmetic as the fused BIAS_GELU epilogue (the erf GELU
+/// of Kernels.geluVector to a few ulp); returns 0 without touching x where the CPU has no AVX2
+/// (the caller runs its own loop).
 int lc_gelu(float *x, long n);
 
-/// dy *= gelu'(x) (Kernels.geluDerivative's arithmetic); 0 without AVX-512, as above.
+/// dy *= gelu'(x) (Kernels.geluDerivative to a few ulp, with lc_gelu's erf); 0 without AVX-512.
 int lc_gelu_backward(const float *x, float *dy, long n);
 
 /// OpenBLAS's cblas_sgemm (row-major), loaded on first use with one thread; 0 when absent.
@@ -74,8 +75,9 @@ void lc_dwconv_layernorm(const float *x, int channels, int batch, int h, int w, 
 void lc_dwconv_weight_grad(const float *x, const float *dy, int channels, int batch, int h, int w, int k,
                            int channel_start, int channel_end, float *dweight);
 
-/// Rows per block for `lc_dwconv_layernorm` that keep a block's output (C x rows x W) in cache.
-int lc_dwconv_layernorm_rows(int channels, int width);
+/// Rows per block for `lc_dwconv_layernorm` that keep a block's output (C x rows x W) in L2 and,
+/// for fewer images than cores, give every core a share of each image.
+int lc_dwconv_layernorm_rows(int channels, int height, int width, int batch, int cores);
 
 /// A task of `lc_parallel`: runs task number `index` of the job whose context is `ctx`.
 typedef void (*lc_task_fn)(void *ctx, long index);

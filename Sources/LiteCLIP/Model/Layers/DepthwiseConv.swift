@@ -78,7 +78,7 @@ extension Kernels {
     /// The C depthwise pass's work units, (image, rows r0..<r1) blocks, claimed one at a time by
     /// the cores.
     private static func rowBlocks(channels: Int, batch: Int, h: Int, w: Int, _ body: (Int, Int, Int) -> Void) {
-        let rows = min(h, Int(lc_dwconv_layernorm_rows(Int32(channels), Int32(w))))
+        let rows = min(h, Int(lc_dwconv_layernorm_rows(Int32(channels), Int32(h), Int32(w), Int32(batch), Int32(cores))))
         let blocks = (h + rows - 1) / rows
         parallel(batch * blocks) { u in
             let image = u / blocks, r0 = (u % blocks) * rows

@@ -12,7 +12,7 @@ extension Kernels {
     /// Eigen and XLA use for float32; error about 1e-7 absolute), vectorised 8 wide.
     static func gelu(_ x: UnsafeMutablePointer<Float>, count: Int) {
         parallelFor(count, grain: 1 << 15) { range in
-            // Our C loop (AVX-512, the same arithmetic) where the CPU has it.
+            // Our C loop (AVX2 / AVX-512: the fused epilogue's arithmetic, this loop's to a few ulp) where the CPU has it.
             if useOwnGEMM && lc_gelu(x + range.lowerBound, range.count) != 0 { return }
             var i = range.lowerBound
             let raw = UnsafeMutableRawPointer(x)
