@@ -305,16 +305,14 @@ static int streams_a(int m, int n, int k, long rsa, long csa, int nr) {
     return csa == 1 && rsa == k && k > 0 && (long)k * npad * 4 <= (1L << 20) && (long)m * k * 4 > (1L << 20);
 }
 
-static void row_tile_product(int m, int n, int k, const float *a, const float *b, long rsb, long csb,
-                             float *c, long ldc, const lc_epilogue *e, int wide, int nr) {
-    size_t need = (size_t)k * (size_t)((n + nr - 1) / nr * nr) + NR_MAX;
-    float *packed = lc_thread_buffer(LC_BUFFER_PACK, need);
+// Rows [r0, r1) of such a product from B already packed whole (`packed`, K x padded N).
+static void row_tiles(int r0, int r1, int m, int n, int k, const float *a, const float *packed,
+                      float *c, long ldc, const lc_epilogue *e, int wide, int nr) {
     float tile[MR * NR_MAX] __attribute__((aligned(64)));
-    pack_b(k, n, nr, b, rsb, csb, packed);
-    for (int ir = 0; ir < m; ir += MR) {
+    for (int ir = r0; ir < r1; ir += MR) {
         int h = m - ir < MR ? m - ir : MR;
         const float *ap = a + (long)ir * k;
-        const float *next = ir + MR < m ? ap + (long)MR * k : NULL;
+        const float *next = ir + MR < r1 ? ap + (long)MR * k : NULL;
         for (int jr = 0; jr < n; jr += nr) {
             int w = n - jr < nr ? n - jr : nr;
             const float *bp = packed + (long)jr * k, *pf = jr == 0 ? next : NULL;
@@ -327,6 +325,54 @@ static void row_tile_product(int m, int n, int k, const float *a, const float *b
             lc_tile_epilogue(tile, h, w, ir, jr, c, ldc, e, 1, 1);
         }
     }
+}
+
+static void row_tile_product(int m, int n, int k, const float *a, const float *b, long rsb, long csb,
+                             float *c, long ldc, const lc_epilogue *e, int wide, int nr) {
+    size_t need = (size_t)k * (size_t)((n + nr - 1) / nr * nr) + NR_MAX;
+    float *packed = lc_thread_buffer(LC_BUFFER_PACK, need);
+    pack_b(k, n, nr, b, rsb, csb, packed);
+    row_tiles(0, m, m, n, k, a, packed, c, ldc, e, wide, nr);
+}
+
+// The same product over the pool: B packed once into the caller's buffer (one task per panel),
+// then the rows in chunks that the cores claim one at a time. Split into one part per core,
+// every core packed all of B for its own rows, and a core that lost time to anything else held
+// up the whole product while the other waited.
+typedef struct {
+    int m, n, k, nr, wide, chunk;
+    const float *a, *b;
+    long rsb, csb, ldc;
+    float *c, *packed;
+    const lc_epilogue *e;
+} shared_b_job;
+
+static void pack_panel_task(void *p, long i) {
+    const shared_b_job *j = p;
+    int j0 = (int)i * j->nr, w = j->n - j0 < j->nr ? j->n - j0 : j->nr;
+    pack_b(j->k, w, j->nr, j->b + (long)j0 * j->csb, j->rsb, j->csb, j->packed + (long)j0 * j->k);
+}
+
+static void row_chunk_task(void *p, long i) {
+    const shared_b_job *j = p;
+    int r0 = (int)i * j->chunk, r1 = r0 + j->chunk < j->m ? r0 + j->chunk : j->m;
+    row_tiles(r0, r1, j->m, j->n, j->k, j->a, j->packed, j->c, j->ldc, j->e, j->wide, j->nr);
+}
+
+int lc_sgemm_parallel_rows(int m, int n, int k, const float *a, long rsa, long csa, const float *b, long rsb, long csb,
+                           float *c, long ldc, const lc_epilogue *e) {
+    if (m <= 0 || n <= 0 || detect() == 0) return 0;
+    int wide = isa == 2, nr = wide ? 32 : 16, cores = lc_pool_threads();
+    if (cores < 2 || !streams_a(m, n, k, rsa, csa, nr)) return 0;
+    int panels = (n + nr - 1) / nr;
+    int chunk = (m + 4 * cores - 1) / (4 * cores);   /* about four chunks per core */
+    chunk = (chunk + MR - 1) / MR * MR;
+    if (chunk < 4 * MR) chunk = 4 * MR;
+    shared_b_job job = {m, n, k, nr, wide, chunk, a, b, rsb, csb, ldc, c, NULL, e};
+    job.packed = lc_thread_buffer(LC_BUFFER_PACK, (size_t)k * (size_t)(panels * nr) + NR_MAX);
+    lc_parallel(panels, pack_panel_task, &job);
+    lc_parallel((m + chunk - 1) / chunk, row_chunk_task, &job);
+    return 1;
 }
 
 void lc_sgemm_strided(int m, int n, int k, const float *a, long rsa, long csa, const float *b, long rsb, long csb,

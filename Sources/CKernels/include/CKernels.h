@@ -44,6 +44,12 @@ void lc_sgemm_force_isa(int level);
 void lc_sgemm_strided(int m, int n, int k, const float *a, long rsa, long csa, const float *b, long rsb, long csb,
                       float *c, long ldc, const lc_epilogue *epilogue);
 
+/// As `lc_sgemm_strided` over the pool's threads when the product is one that streams A (row-major
+/// A of more than 1 MiB, lda = K, and B small enough to pack whole in L2: batch 1's later stages):
+/// B packed once, rows claimed in chunks. Returns 0 without doing anything for other products.
+int lc_sgemm_parallel_rows(int m, int n, int k, const float *a, long rsa, long csa, const float *b, long rsb, long csb,
+                           float *c, long ldc, const lc_epilogue *epilogue);
+
 /// C[M x N] <- epilogue(A[M x K] * B[K x N]); all row-major with leading dimensions lda, ldb,
 /// ldc. Runs on the calling thread (callers split M or N over the cores).
 void lc_sgemm(int m, int n, int k, const float *a, long lda, const float *b, long ldb,

@@ -130,6 +130,11 @@ public enum Kernels {
                               bp, Int32(transB ? k : n), e.kind == Int32(LC_EPILOGUE_ACCUMULATE) ? 1 : 0, cp, Int32(max(n, 1)))
             }
         }
+        // Products that stream a large A over few columns: B packed once, rows claimed in chunks (sgemm.c).
+        if own && m * n * k >= 2_000_000,
+           withUnsafePointer(to: e, { lc_sgemm_parallel_rows(Int32(m), Int32(n), Int32(k), a, rsa, csa, b, rsb, csb, c, n, $0) }) != 0 {
+            return
+        }
         split(m: m, n: n, k: k, run)
     }
 
