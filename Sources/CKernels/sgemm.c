@@ -185,6 +185,32 @@ static void kernel_avx2(int kc, int mr, const float *a, long rsa, long csa, cons
     _mm256_store_ps(tile + 5 * t, c50); _mm256_store_ps(tile + 5 * t + 8, c51);
 }
 
+// The left 16 columns of a 32-wide panel into tile[MR][16]: an edge panel of at most 16 valid
+// columns (batch 1's 196 = 6 x 32 + 4, 784 = 24 x 32 + 16) at about half the full kernel's cost.
+// Each column's sum is the same operations in the same order as in kernel_avx512.
+__attribute__((target("avx512f")))
+static void kernel_avx512_half(int kc, int mr, const float *a, long rsa, long csa, const float *bp, float *tile, const float *pf) {
+    const float *a0 = a, *a1 = a + (mr > 1 ? rsa : 0), *a2 = a + (mr > 2 ? 2 * rsa : 0);
+    const float *a3 = a + (mr > 3 ? 3 * rsa : 0), *a4 = a + (mr > 4 ? 4 * rsa : 0), *a5 = a + (mr > 5 ? 5 * rsa : 0);
+    __m512 c0 = _mm512_setzero_ps(), c1 = _mm512_setzero_ps(), c2 = _mm512_setzero_ps();
+    __m512 c3 = _mm512_setzero_ps(), c4 = _mm512_setzero_ps(), c5 = _mm512_setzero_ps();
+    long off = 0;
+    for (int p = 0; p < kc; p++, off += csa) {
+        __m512 b0 = _mm512_load_ps(bp);
+        bp += 32;
+        if (pf) _mm_prefetch((const char *)(pf + 6 * (long)p), _MM_HINT_T0);
+        c0 = _mm512_fmadd_ps(_mm512_set1_ps(a0[off]), b0, c0);
+        c1 = _mm512_fmadd_ps(_mm512_set1_ps(a1[off]), b0, c1);
+        c2 = _mm512_fmadd_ps(_mm512_set1_ps(a2[off]), b0, c2);
+        c3 = _mm512_fmadd_ps(_mm512_set1_ps(a3[off]), b0, c3);
+        c4 = _mm512_fmadd_ps(_mm512_set1_ps(a4[off]), b0, c4);
+        c5 = _mm512_fmadd_ps(_mm512_set1_ps(a5[off]), b0, c5);
+    }
+    const int t = NR_MAX;
+    _mm512_store_ps(tile + 0 * t, c0); _mm512_store_ps(tile + 1 * t, c1); _mm512_store_ps(tile + 2 * t, c2);
+    _mm512_store_ps(tile + 3 * t, c3); _mm512_store_ps(tile + 4 * t, c4); _mm512_store_ps(tile + 5 * t, c5);
+}
+
 // tile[MR][32] as above, 32 wide; or, when `c` is given (a full 6 x 32 tile), the epilogue
 // applied straight from the registers to rows r.. and columns j.. of C (and D).
 __attribute__((target("avx512f")))
@@ -320,7 +346,8 @@ static void row_tiles(int r0, int r1, int m, int n, int k, const float *a, const
                 kernel_avx512(k, h, ap, k, 1, bp, tile, c, ldc, ir, jr, e, 1, 1, pf);
                 continue;
             }
-            if (wide) kernel_avx512(k, h, ap, k, 1, bp, tile, NULL, 0, 0, 0, e, 1, 1, pf);
+            if (wide && w <= 16) kernel_avx512_half(k, h, ap, k, 1, bp, tile, pf);
+            else if (wide) kernel_avx512(k, h, ap, k, 1, bp, tile, NULL, 0, 0, 0, e, 1, 1, pf);
             else kernel_avx2(k, h, ap, k, 1, bp, tile, pf);
             lc_tile_epilogue(tile, h, w, ir, jr, c, ldc, e, 1, 1);
         }
@@ -406,7 +433,8 @@ void lc_sgemm_strided(int m, int n, int k, const float *a, long rsa, long csa, c
                             kernel_avx512(kc, h, ap, rsa, csa, bp, tile, c, ldc, ic + ir, jc + jr, e, first, last, NULL);
                             continue;
                         }
-                        if (wide) kernel_avx512(kc, h, ap, rsa, csa, bp, tile, NULL, 0, 0, 0, e, first, last, NULL);
+                        if (wide && w <= 16) kernel_avx512_half(kc, h, ap, rsa, csa, bp, tile, NULL);
+                        else if (wide) kernel_avx512(kc, h, ap, rsa, csa, bp, tile, NULL, 0, 0, 0, e, first, last, NULL);
                         else kernel_avx2(kc, h, ap, rsa, csa, bp, tile, NULL);
                         lc_tile_epilogue(tile, h, w, ic + ir, jc + jr, c, ldc, e, first, last);
                     }
