@@ -16,6 +16,9 @@ final class Workspace {
 
     func zeros(_ shape: [Int]) -> Buffer { Buffer(zeros: shape, pool: pool) }
 
+    /// A buffer the caller writes in full before reading it (not zeroed).
+    func uninitialized(_ shape: [Int]) -> Buffer { Buffer(uninitialized: shape, pool: pool) }
+
     /// `scratch` when given (inference reuses buffers across layers), else a fresh buffer (a
     /// cache will keep it for the backward).
     func reuse(_ scratch: Buffer?, _ shape: [Int]) -> Buffer { scratch ?? zeros(shape) }

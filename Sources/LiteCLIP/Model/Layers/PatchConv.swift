@@ -22,12 +22,11 @@ extension Kernels {
                           weight: Tensor, bias: Tensor, into y: UnsafeMutablePointer<Float>) {
         let ho = h / s, wo = w / s, cols = batch * ho * wo
         let kdim = cin * s * s
-        var col = [Float](repeating: 0, count: kdim * cols)
-        col.withUnsafeMutableBufferPointer { cb in
-            let cp = cb.baseAddress!
-            patchColumns(x, inChannels: cin, batch: batch, h: h, w: w, stride: s, into: cp)
-            pointwise(cp, columns: cols, weight: Tensor(shape: [weight.shape[0], kdim], sharing: weight), bias: bias, into: y)
-        }
+        // im2col writes every element (patches tile the image): no zeroing first.
+        let cp = UnsafeMutablePointer<Float>.allocate(capacity: max(kdim * cols, 1))
+        defer { cp.deallocate() }
+        patchColumns(x, inChannels: cin, batch: batch, h: h, w: w, stride: s, into: cp)
+        pointwise(cp, columns: cols, weight: Tensor(shape: [weight.shape[0], kdim], sharing: weight), bias: bias, into: y)
     }
 
     // MARK: - Patchify convolution (kernel = stride)
