@@ -104,12 +104,20 @@ void lc_parallel(long count, lc_task_fn fn, void *ctx) {
         for (long i = 0; i < count; i++) fn(ctx, i);
         return;
     }
+    // First close the finished job's ticket (a new job number with no claimable index), then
+    // write the new job, then publish it under a second number. A worker that read the old
+    // ticket and then this job's fields can no longer claim with it: its compare-and-swap fails.
+    // (Writing the fields while the old ticket still stood let such a worker claim a task of the
+    // new job under the old ticket, which the new ticket then handed out again: a task ran twice
+    // and the job's completion count ran ahead, so lc_parallel could return while a task still
+    // ran. A C stress of 4 million two- and three-task jobs saw 8 to 1,589 tasks run twice.)
+    unsigned long job = (atomic_load(&ticket) >> 32) + 1;
+    atomic_store(&ticket, ((job & 0xffffffffUL) << 32) | 0xffffffffUL);
     atomic_store_explicit(&job_fn, fn, memory_order_relaxed);
     atomic_store_explicit(&job_ctx, ctx, memory_order_relaxed);
     atomic_store_explicit(&job_count, count, memory_order_relaxed);
     atomic_store(&done_count, 0);
-    unsigned long job = (atomic_load(&ticket) >> 32) + 1;
-    atomic_store(&ticket, (job & 0xffffffffUL) << 32);   /* publishes the job (seq_cst) */
+    atomic_store(&ticket, ((job + 1) & 0xffffffffUL) << 32);   /* publishes the job (seq_cst) */
     if (atomic_load(&sleepers) > 0) {
         pthread_mutex_lock(&sleep_lock);
         pthread_cond_broadcast(&wake);

@@ -119,6 +119,36 @@ final class FusedPathTests: XCTestCase {
         }
     }
 
+    /// Inference's downsampling pass (LayerNorm written straight into the patch conv's columns)
+    /// against the two passes it replaces: the same bits, and x left as it was.
+    func testNormPatchConvEqualsPasses() {
+        var rng = SeededRNG(seed: 21)
+        for (cin, cout, b, h, w) in [(5, 7, 2, 6, 10), (16, 8, 1, 14, 14), (3, 4, 3, 2, 34), (96, 12, 1, 8, 56)] {
+            let p = b * h * w, cols = b * (h / 2) * (w / 2)
+            let input = (0..<(cin * p)).map { _ in rng.nextFloat() * 4 - 2 }
+            let nw = Buffer([cin], (0..<cin).map { _ in rng.nextFloat() + 0.5 }).view
+            let nb = Buffer([cin], (0..<cin).map { _ in rng.nextFloat() - 0.5 }).view
+            let cw = Buffer([cout, cin, 2, 2], (0..<(cout * cin * 4)).map { _ in rng.nextFloat() * 2 - 1 }).view
+            let cb = Buffer([cout], (0..<cout).map { _ in rng.nextFloat() }).view
+            var fused = [Float](repeating: .nan, count: cout * cols), x = input
+            let ran = x.withUnsafeBufferPointer { xp in
+                Kernels.normPatchConv2(xp.baseAddress!, inChannels: cin, batch: b, h: h, w: w, normWeight: nw, normBias: nb, eps: 1e-6,
+                                       weight: cw, bias: cb, into: &fused)
+            }
+            XCTAssertTrue(ran)
+            XCTAssertEqual(x, input, "the input must not change")
+            var normed = input, plain = [Float](repeating: .nan, count: cout * cols)
+            normed.withUnsafeMutableBufferPointer { np in
+                Kernels.layerNormChannelsForward(np.baseAddress!, channels: cin, columns: p, weight: nw, bias: nb, eps: 1e-6,
+                                                 xhat: nil, rstd: nil, into: np.baseAddress!)
+                Kernels.patchConv(np.baseAddress!, inChannels: cin, batch: b, h: h, w: w, stride: 2, weight: cw, bias: cb, into: &plain)
+            }
+            let diff = zip(fused, plain).map { abs($0 - $1) }.max() ?? .infinity
+            print("norm + patch conv \(cin)x\(b)x\(h)x\(w): max abs diff \(diff)")
+            XCTAssertEqual(fused, plain, "norm + patch conv \(cin)x\(b)x\(h)x\(w): max abs diff \(diff)")
+        }
+    }
+
     /// Each epilogue of our sgemm against the product by definition plus the separate pass it
     /// replaces (and `Kernels.gemm` with transposed operands, which training uses), on shapes
     /// that cover edge tiles (M not a multiple of 6, N not of 16), K split into blocks (K > 384),
@@ -191,6 +221,28 @@ final class ThreadPoolTests: XCTestCase {
                 if !wrong.isEmpty { XCTFail("count \(count): tasks \(wrong.prefix(5)) ran \(wrong.count) times other than once"); return }
             }
         }
+    }
+
+    /// Many short jobs back to back, the pattern of the batch-1 tower (a hundred jobs per
+    /// forward) and of a packing job followed at once by a product job: a worker that read the
+    /// previous job's ticket must never claim a task of the next (it once could, while the next
+    /// job's fields were being written: a task ran twice and lc_parallel returned early). Each
+    /// job checks that every task ran exactly once by the time the call returned.
+    func testBackToBackJobsNeverRunATaskTwice() {
+        let slots = UnsafeMutablePointer<Int>.allocate(capacity: 8)
+        defer { slots.deallocate() }
+        var bad = 0, jobs = 0
+        let start = Date()
+        while jobs < 300_000 && Date().timeIntervalSince(start) < 3 {
+            let count = 2 + jobs % 2
+            slots.initialize(repeating: 0, count: count)
+            Kernels.parallel(count) { i in slots[i] += 1 }
+            for i in 0..<count where slots[i] != 1 { bad += 1 }
+            jobs += 1
+        }
+        print("back-to-back jobs: \(jobs), tasks not run exactly once \(bad)")
+        XCTAssertGreaterThan(jobs, 10_000)
+        XCTAssertEqual(bad, 0, "\(bad) tasks of \(jobs) jobs ran other than once")
     }
 
     func testNestedAndConcurrentCallsFinish() {

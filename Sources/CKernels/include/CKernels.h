@@ -76,6 +76,13 @@ void lc_dwconv_layernorm(const float *x, int channels, int batch, int h, int w, 
                          const float *conv_bias, const float *norm_weight, const float *norm_bias, float eps,
                          float *y, int image, int row_start, int row_end);
 
+/// ConvNeXt's downsampling LayerNorm over channels, written straight into the 2 x 2 stride-2 patch
+/// conv's columns (`[C*4][B*(H/2)*(W/2)]`, row (c, ky, kx)) for output row `out_row` of image
+/// `image`; the same bits as Kernels.layerNormChannelsForward then Kernels.patchColumns. x is
+/// not changed. Returns 0 without writing when H or W is odd or W > 1024.
+int lc_layernorm_patchify2(const float *x, int channels, int batch, int h, int w, const float *norm_weight,
+                           const float *norm_bias, float eps, float *columns, int image, int out_row);
+
 /// The depthwise conv's weight gradient for channels [channel_start, channel_end), accumulated
 /// into dweight (C, 1, k, k); x and dy are planes [C][B][H*W]. k at most 8.
 void lc_dwconv_weight_grad(const float *x, const float *dy, int channels, int batch, int h, int w, int k,

@@ -31,6 +31,8 @@ extension Kernels {
     static func pointwise(_ x: UnsafePointer<Float>, columns p: Int, weight: Tensor, bias: Tensor, into y: UnsafeMutablePointer<Float>) {
         if let q = weight.int8 { int8Product(q, x, rsx: p, csx: 1, n: p, into: y, epilogue: .store(bias: bias.data)); return }
         let out = weight.shape[0], inp = weight.shape[1]
+        // The bias added to each tile as it is stored, instead of a pass that fills y with it first.
+        if useOwnGEMM { fusedGEMM(weight.data, x, y, m: out, n: p, k: inp, epilogue: .store(bias: bias.data)); return }
         parallelFor(out, grain: 8) { rows in
             for r in rows { (y + r * p).update(repeating: bias.data[r], count: p) }
         }

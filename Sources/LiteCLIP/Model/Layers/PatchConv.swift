@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// Patchify convolution, kernel = stride (ConvNeXt's stem and downsampling): im2col, then the
@@ -27,6 +28,25 @@ extension Kernels {
         defer { cp.deallocate() }
         patchColumns(x, inChannels: cin, batch: batch, h: h, w: w, stride: s, into: cp)
         pointwise(cp, columns: cols, weight: Tensor(shape: [weight.shape[0], kdim], sharing: weight), bias: bias, into: y)
+    }
+
+    /// Inference's downsampling: LayerNorm over channels (`normWeight`, `normBias`) written
+    /// straight into the 2 x 2 stride-2 patch conv's columns (one C pass per output row), then
+    /// the product. The same values as `layerNormChannelsForward` then `patchConv`; x is not
+    /// changed. False (nothing done) where the C pass does not apply (odd sizes).
+    static func normPatchConv2(_ x: UnsafePointer<Float>, inChannels cin: Int, batch: Int, h: Int, w: Int,
+                               normWeight: Tensor, normBias: Tensor, eps: Float,
+                               weight: Tensor, bias: Tensor, into y: UnsafeMutablePointer<Float>) -> Bool {
+        guard h % 2 == 0, w % 2 == 0, w <= 1024 else { return false }
+        let ho = h / 2, cols = batch * ho * (w / 2), kdim = cin * 4
+        let cp = UnsafeMutablePointer<Float>.allocate(capacity: max(kdim * cols, 1))   // every element written
+        defer { cp.deallocate() }
+        parallel(batch * ho) { u in
+            _ = lc_layernorm_patchify2(x, Int32(cin), Int32(batch), Int32(h), Int32(w), normWeight.data, normBias.data, eps, cp,
+                                       Int32(u / ho), Int32(u % ho))
+        }
+        pointwise(cp, columns: cols, weight: Tensor(shape: [weight.shape[0], kdim], sharing: weight), bias: bias, into: y)
+        return true
     }
 
     // MARK: - Patchify convolution (kernel = stride)

@@ -208,7 +208,13 @@ public struct ConvNeXt: Sendable {
                 let cin = c.dims[i - 1]
                 let y = ws.uninitialized([dim, b * (h / 2) * (w / 2)])   // the patch conv's product writes it all
                 let dsFlops = 2.0 * Double(b * (h / 2) * (w / 2)) * Double(dim * cin * 4)
-                let kept = Kernels.timed("downsample: LayerNorm + patch conv 2x2", flops: dsFlops) {
+                let kept = Kernels.timed("downsample: LayerNorm + patch conv 2x2", flops: dsFlops) { () -> (xhat: Buffer, rstd: Buffer)? in
+                    // Inference: the norm written straight into the patch conv's columns (one pass).
+                    if cache == nil && Kernels.normPatchConv2(x.data, inChannels: cin, batch: b, h: h, w: w, normWeight: ds.norm.weight,
+                                                              normBias: ds.norm.bias, eps: eps, weight: ds.conv.weight,
+                                                              bias: ds.conv.bias, into: y.data) {
+                        return nil
+                    }
                     let kept = layerNormChannels(x, channels: cin, norm: ds.norm, eps: eps, ws: ws, keep: cache != nil)
                     Kernels.patchConv(x.data, inChannels: cin, batch: b, h: h, w: w, stride: 2, weight: ds.conv.weight, bias: ds.conv.bias, into: y.data)
                     return kept
