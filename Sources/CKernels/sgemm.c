@@ -331,10 +331,56 @@ static int streams_a(int m, int n, int k, long rsa, long csa, int nr) {
     return csa == 1 && rsa == k && k > 0 && (long)k * npad * 4 <= (1L << 20) && (long)m * k * 4 > (1L << 20);
 }
 
-// Rows [r0, r1) of such a product from B already packed whole (`packed`, K x padded N).
+// The last one or two columns of a product whose last panel holds 17 or 18 (batch 1's stage 3:
+// 49 = 32 + 16 + 1): instead of a second 16-wide pass for them, each is 6 dot products of A's
+// rows (contiguous) with that column of B, copied contiguous after the panels. Vectors run
+// along K, so each sum is added in a different order from the panels' (within the products'
+// tolerance, not the same bits).
+#define TAIL_MAX 2
+
+static int tail_columns(int n, int nr, int wide) {
+    int last = n - (n - 1) / nr * nr;
+    return wide && last > 16 && last - 16 <= TAIL_MAX ? last - 16 : 0;
+}
+
+static void pack_tail(int k, int n, int t, const float *b, long rsb, long csb, float *dst) {
+    for (int q = 0; q < t; q++) {
+        const float *src = b + (long)(n - t + q) * csb;
+        for (int p = 0; p < k; p++) dst[(long)q * k + p] = src[(long)p * rsb];
+    }
+}
+
+// tile[i][q] = sum over p of A[i][p] * bcol[q][p] for rows i < mr (A row-major, row stride k).
+__attribute__((target("avx512f")))
+static void dot_tail(int k, int mr, const float *a, const float *bcol, int t, float *tile) {
+    const float *a0 = a, *a1 = a + (mr > 1 ? k : 0), *a2 = a + (mr > 2 ? 2L * k : 0);
+    const float *a3 = a + (mr > 3 ? 3L * k : 0), *a4 = a + (mr > 4 ? 4L * k : 0), *a5 = a + (mr > 5 ? 5L * k : 0);
+    for (int q = 0; q < t; q++) {
+        const float *bc = bcol + (long)q * k;
+        __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0;
+        for (int p = 0; p < k; p += 16) {
+            __mmask16 mk = k - p >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (k - p)) - 1);
+            __m512 bv = _mm512_maskz_loadu_ps(mk, bc + p);
+            s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, a0 + p), bv, s0);
+            s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, a1 + p), bv, s1);
+            s2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, a2 + p), bv, s2);
+            s3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, a3 + p), bv, s3);
+            s4 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, a4 + p), bv, s4);
+            s5 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, a5 + p), bv, s5);
+        }
+        float v[6] = {_mm512_reduce_add_ps(s0), _mm512_reduce_add_ps(s1), _mm512_reduce_add_ps(s2),
+                      _mm512_reduce_add_ps(s3), _mm512_reduce_add_ps(s4), _mm512_reduce_add_ps(s5)};
+        for (int i = 0; i < mr; i++) tile[i * NR_MAX + q] = v[i];
+    }
+}
+
+// Rows [r0, r1) of such a product from B already packed whole (`packed`, K x padded N, then
+// `tail`'s columns contiguous when tail_columns says so).
 static void row_tiles(int r0, int r1, int m, int n, int k, const float *a, const float *packed,
                       float *c, long ldc, const lc_epilogue *e, int wide, int nr) {
     float tile[MR * NR_MAX] __attribute__((aligned(64)));
+    int t = tail_columns(n, nr, wide);
+    const float *tail = packed + (long)k * ((n + nr - 1) / nr * nr);
     for (int ir = r0; ir < r1; ir += MR) {
         int h = m - ir < MR ? m - ir : MR;
         const float *ap = a + (long)ir * k;
@@ -344,6 +390,13 @@ static void row_tiles(int r0, int r1, int m, int n, int k, const float *a, const
             const float *bp = packed + (long)jr * k, *pf = jr == 0 ? next : NULL;
             if (wide && h == MR && w == nr) {
                 kernel_avx512(k, h, ap, k, 1, bp, tile, c, ldc, ir, jr, e, 1, 1, pf);
+                continue;
+            }
+            if (t && jr + nr >= n) {   // the last panel: 16 columns, then the tail's dot products
+                kernel_avx512_half(k, h, ap, k, 1, bp, tile, pf);
+                lc_tile_epilogue(tile, h, 16, ir, jr, c, ldc, e, 1, 1);
+                dot_tail(k, h, ap, tail, t, tile);
+                lc_tile_epilogue(tile, h, t, ir, jr + 16, c, ldc, e, 1, 1);
                 continue;
             }
             if (wide && w <= 16) kernel_avx512_half(k, h, ap, k, 1, bp, tile, pf);
@@ -356,9 +409,10 @@ static void row_tiles(int r0, int r1, int m, int n, int k, const float *a, const
 
 static void row_tile_product(int m, int n, int k, const float *a, const float *b, long rsb, long csb,
                              float *c, long ldc, const lc_epilogue *e, int wide, int nr) {
-    size_t need = (size_t)k * (size_t)((n + nr - 1) / nr * nr) + NR_MAX;
-    float *packed = lc_thread_buffer(LC_BUFFER_PACK, need);
+    size_t panels = (size_t)k * (size_t)((n + nr - 1) / nr * nr);
+    float *packed = lc_thread_buffer(LC_BUFFER_PACK, panels + (size_t)TAIL_MAX * k + NR_MAX);
     pack_b(k, n, nr, b, rsb, csb, packed);
+    pack_tail(k, n, tail_columns(n, nr, wide), b, rsb, csb, packed + panels);
     row_tiles(0, m, m, n, k, a, packed, c, ldc, e, wide, nr);
 }
 
@@ -396,7 +450,8 @@ int lc_sgemm_parallel_rows(int m, int n, int k, const float *a, long rsa, long c
     chunk = (chunk + MR - 1) / MR * MR;
     if (chunk < 4 * MR) chunk = 4 * MR;
     shared_b_job job = {m, n, k, nr, wide, chunk, a, b, rsb, csb, ldc, c, NULL, e};
-    job.packed = lc_thread_buffer(LC_BUFFER_PACK, (size_t)k * (size_t)(panels * nr) + NR_MAX);
+    job.packed = lc_thread_buffer(LC_BUFFER_PACK, (size_t)k * (size_t)(panels * nr) + (size_t)TAIL_MAX * k + NR_MAX);
+    pack_tail(k, n, tail_columns(n, nr, wide), b, rsb, csb, job.packed + (size_t)k * (size_t)(panels * nr));
     lc_parallel(panels, pack_panel_task, &job);
     lc_parallel((m + chunk - 1) / chunk, row_chunk_task, &job);
     return 1;
