@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
-#include <pthread.h>
 
 // The calling thread's padded-strip scratch.
 static float *scratch(size_t n) { return lc_thread_buffer(LC_BUFFER_DWCONV, n); }

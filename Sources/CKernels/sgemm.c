@@ -296,6 +296,15 @@ void lc_tile_epilogue(const float *tile, int mr, int nr, int r, int j, float *c,
     }
 }
 
+// A tile the full kernel cannot finish in registers (edge rows or columns, or AVX2) into `tile`
+// (row stride NR_MAX): the 16-wide kernel for at most 16 columns, else the full one.
+static void edge_tile(int wide, int w, int kc, int h, const float *ap, long rsa, long csa, const float *bp, float *tile,
+                      const lc_epilogue *e, int first, int last, const float *pf) {
+    if (wide && w <= 16) kernel_avx512_half(kc, h, ap, rsa, csa, bp, tile, pf);
+    else if (wide) kernel_avx512(kc, h, ap, rsa, csa, bp, tile, NULL, 0, 0, 0, e, first, last, pf);
+    else kernel_avx2(kc, h, ap, rsa, csa, bp, tile, pf);
+}
+
 // Per-thread buffers grow as needed and are freed when their thread ends (callers run on the
 // pool's workers, Dispatch's, and short-lived threads).
 static __thread float *thread_buffers[LC_BUFFER_COUNT];
@@ -399,20 +408,25 @@ static void row_tiles(int r0, int r1, int m, int n, int k, const float *a, const
                 lc_tile_epilogue(tile, h, t, ir, jr + 16, c, ldc, e, 1, 1);
                 continue;
             }
-            if (wide && w <= 16) kernel_avx512_half(k, h, ap, k, 1, bp, tile, pf);
-            else if (wide) kernel_avx512(k, h, ap, k, 1, bp, tile, NULL, 0, 0, 0, e, 1, 1, pf);
-            else kernel_avx2(k, h, ap, k, 1, bp, tile, pf);
+            edge_tile(wide, w, k, h, ap, k, 1, bp, tile, e, 1, 1, pf);
             lc_tile_epilogue(tile, h, w, ir, jr, c, ldc, e, 1, 1);
         }
     }
 }
 
-static void row_tile_product(int m, int n, int k, const float *a, const float *b, long rsb, long csb,
-                             float *c, long ldc, const lc_epilogue *e, int wide, int nr) {
+// The calling thread's buffer for B packed whole (the panels, then room for the tail columns),
+// with the tail columns already copied in; the panels are the caller's to pack.
+static float *whole_b_buffer(int k, int n, int nr, int wide, const float *b, long rsb, long csb) {
     size_t panels = (size_t)k * (size_t)((n + nr - 1) / nr * nr);
     float *packed = lc_thread_buffer(LC_BUFFER_PACK, panels + (size_t)TAIL_MAX * k + NR_MAX);
-    pack_b(k, n, nr, b, rsb, csb, packed);
     pack_tail(k, n, tail_columns(n, nr, wide), b, rsb, csb, packed + panels);
+    return packed;
+}
+
+static void row_tile_product(int m, int n, int k, const float *a, const float *b, long rsb, long csb,
+                             float *c, long ldc, const lc_epilogue *e, int wide, int nr) {
+    float *packed = whole_b_buffer(k, n, nr, wide, b, rsb, csb);
+    pack_b(k, n, nr, b, rsb, csb, packed);
     row_tiles(0, m, m, n, k, a, packed, c, ldc, e, wide, nr);
 }
 
@@ -450,8 +464,7 @@ int lc_sgemm_parallel_rows(int m, int n, int k, const float *a, long rsa, long c
     chunk = (chunk + MR - 1) / MR * MR;
     if (chunk < 4 * MR) chunk = 4 * MR;
     shared_b_job job = {m, n, k, nr, wide, chunk, a, b, rsb, csb, ldc, c, NULL, e};
-    job.packed = lc_thread_buffer(LC_BUFFER_PACK, (size_t)k * (size_t)(panels * nr) + (size_t)TAIL_MAX * k + NR_MAX);
-    pack_tail(k, n, tail_columns(n, nr, wide), b, rsb, csb, job.packed + (size_t)k * (size_t)(panels * nr));
+    job.packed = whole_b_buffer(k, n, nr, wide, b, rsb, csb);
     lc_parallel(panels, pack_panel_task, &job);
     lc_parallel((m + chunk - 1) / chunk, row_chunk_task, &job);
     return 1;
@@ -488,9 +501,7 @@ void lc_sgemm_strided(int m, int n, int k, const float *a, long rsa, long csa, c
                             kernel_avx512(kc, h, ap, rsa, csa, bp, tile, c, ldc, ic + ir, jc + jr, e, first, last, NULL);
                             continue;
                         }
-                        if (wide && w <= 16) kernel_avx512_half(kc, h, ap, rsa, csa, bp, tile, NULL);
-                        else if (wide) kernel_avx512(kc, h, ap, rsa, csa, bp, tile, NULL, 0, 0, 0, e, first, last, NULL);
-                        else kernel_avx2(kc, h, ap, rsa, csa, bp, tile, NULL);
+                        edge_tile(wide, w, kc, h, ap, rsa, csa, bp, tile, e, first, last, NULL);
                         lc_tile_epilogue(tile, h, w, ic + ir, jc + jr, c, ldc, e, first, last);
                     }
                 }

@@ -21,12 +21,18 @@ extension Kernels {
     /// Input planes `[Cin][B][H*W]`, output planes `[Cout][B][Ho*Wo]`.
     static func patchConv(_ x: UnsafePointer<Float>, inChannels cin: Int, batch: Int, h: Int, w: Int, stride s: Int,
                           weight: Tensor, bias: Tensor, into y: UnsafeMutablePointer<Float>) {
-        let ho = h / s, wo = w / s, cols = batch * ho * wo
-        let kdim = cin * s * s
-        // im2col writes every element (patches tile the image): no zeroing first.
+        columnsProduct(rows: cin * s * s, columns: batch * (h / s) * (w / s), weight: weight, bias: bias, into: y) { cp in
+            patchColumns(x, inChannels: cin, batch: batch, h: h, w: w, stride: s, into: cp)
+        }
+    }
+
+    /// The patch conv's product from its im2col columns (`rows x columns`), which `fill` writes
+    /// in full (patches tile the image: no zeroing first).
+    private static func columnsProduct(rows kdim: Int, columns cols: Int, weight: Tensor, bias: Tensor, into y: UnsafeMutablePointer<Float>,
+                                       fill: (UnsafeMutablePointer<Float>) -> Void) {
         let cp = UnsafeMutablePointer<Float>.allocate(capacity: max(kdim * cols, 1))
         defer { cp.deallocate() }
-        patchColumns(x, inChannels: cin, batch: batch, h: h, w: w, stride: s, into: cp)
+        fill(cp)
         pointwise(cp, columns: cols, weight: Tensor(shape: [weight.shape[0], kdim], sharing: weight), bias: bias, into: y)
     }
 
@@ -38,14 +44,13 @@ extension Kernels {
                                normWeight: Tensor, normBias: Tensor, eps: Float,
                                weight: Tensor, bias: Tensor, into y: UnsafeMutablePointer<Float>) -> Bool {
         guard h % 2 == 0, w % 2 == 0, w <= 1024 else { return false }
-        let ho = h / 2, cols = batch * ho * (w / 2), kdim = cin * 4
-        let cp = UnsafeMutablePointer<Float>.allocate(capacity: max(kdim * cols, 1))   // every element written
-        defer { cp.deallocate() }
-        parallel(batch * ho) { u in
-            _ = lc_layernorm_patchify2(x, Int32(cin), Int32(batch), Int32(h), Int32(w), normWeight.data, normBias.data, eps, cp,
-                                       Int32(u / ho), Int32(u % ho))
+        let ho = h / 2
+        columnsProduct(rows: cin * 4, columns: batch * ho * (w / 2), weight: weight, bias: bias, into: y) { cp in
+            parallel(batch * ho) { u in
+                _ = lc_layernorm_patchify2(x, Int32(cin), Int32(batch), Int32(h), Int32(w), normWeight.data, normBias.data, eps, cp,
+                                           Int32(u / ho), Int32(u % ho))
+            }
         }
-        pointwise(cp, columns: cols, weight: Tensor(shape: [weight.shape[0], kdim], sharing: weight), bias: bias, into: y)
         return true
     }
 
