@@ -76,13 +76,15 @@ struct Embed: ParsableCommand {
         if Paths.sameFile(out, namesPath) || out == namesPath { throw CLIFailure("\(out): the output and its names file would be the same file", hint: "give the output the extension .npy") }
         AtomicFile.installSignalCleanup()
 
+        let ahead = found.map { DecodeAhead($0.files) }   // while the model opens
         let m = try modelOptions.model(model, console)
         let progress: (Int, Int) -> Void = { done, total in
             if total > batchSize { console.note("embedded \(done)/\(total)") }
         }
         let names: [String], values: [Float], skipped: [SkippedFile]
         if let found {
-            let run = try Embedder.images(found.files, model: m, batchSize: batchSize, strict: imageOptions.strict, progress: progress)
+            let run = try Embedder.images(found.files, model: m, batchSize: batchSize, strict: imageOptions.strict, ahead: ahead,
+                                          progress: progress)
             skipped = found.skipped + run.skipped
             guard !run.files.isEmpty else {
                 reportSkipped(skipped, console, total: 0)

@@ -80,11 +80,13 @@ struct ZeroShotCommand: ParsableCommand {
         let (images, labels, oneImage) = try split()
         try LabelCheck.check(labels)
         let found = try imageOptions.find(images, console)
+        let ahead = DecodeAhead(found.files)   // while the model opens
         let m = try modelOptions.model(model, console)
         for w in m.truncationWarnings(labels) { console.warn(w) }
         let single = oneImage || (found.files.count == 1 && images.count == 1 && found.skipped.isEmpty)
         let k = topK ?? (single ? labels.count : min(3, labels.count))
-        let r = try m.zeroShot(imageFiles: found.files, labels: labels, topK: k, batchSize: batchSize, strict: imageOptions.strict) { done, total in
+        let r = try m.zeroShot(imageFiles: found.files, labels: labels, topK: k, batchSize: batchSize, strict: imageOptions.strict,
+                               ahead: ahead) { done, total in
             if total > batchSize { console.note("classified \(done)/\(total)") }
         }
         let skipped = found.skipped + r.skipped

@@ -25,6 +25,27 @@ final class ModelParityTests: XCTestCase {
         XCTAssertTrue(v.notes.contains { $0.hasPrefix("tokenizer: ids equal") }, v.notes.joined(separator: "\n"))
     }
 
+    /// Images decoded ahead (while the model opens) embed exactly as images decoded in the run,
+    /// a file that does not decode is skipped for the same reason, and files not decoded ahead
+    /// (past the first two, or named twice) are decoded as usual.
+    func testDecodeAheadEqualsDecodingInTheRun() throws {
+        let dir = Fixtures.tempDir()
+        let bad = dir + "/broken.jpg"
+        try Data([0xFF, 0xD8, 0xFF, 0x00, 0x01]).write(to: URL(fileURLWithPath: bad))
+        let good = ["jpeg_progressive_333x250.jpg", "png_grey16_80x60.png", "jpeg_tall_250x700.jpg"].map { Fixtures.golden("images/" + $0) }
+        let files = [good[0], bad, good[1], good[2], good[0]]
+        let ahead = DecodeAhead(files)
+        let model = try LiteCLIPModel(path: Self.lcwPath)
+        let plain = try Embedder.images(files, model: model, batchSize: 2)
+        let fast = try Embedder.images(files, model: model, batchSize: 2, ahead: ahead)
+        XCTAssertEqual(fast.files, plain.files)
+        XCTAssertEqual(fast.files, [good[0], good[1], good[2], good[0]])
+        XCTAssertEqual(fast.skipped.map(\.file), [bad])
+        XCTAssertEqual(fast.skipped.map(\.reason), plain.skipped.map(\.reason))
+        XCTAssertEqual(fast.embeddings.values, plain.embeddings.values, "max diff \(zip(fast.embeddings.values, plain.embeddings.values).map { abs($0 - $1) }.max() ?? 0)")
+        XCTAssertNil(ahead.take(good[0]), "each file decoded ahead is taken once")
+    }
+
     /// f16 / bf16-stored weights against PyTorch running the same rounded weights.
     func testHalfPrecisionWeights() throws {
         for (dtype, ref) in [(DType.f16, "reference_f16.safetensors"), (.bf16, "reference_bf16.safetensors")] {

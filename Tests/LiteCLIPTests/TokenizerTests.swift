@@ -101,6 +101,26 @@ final class TokenizerTests: XCTestCase {
         XCTAssertThrowsError(try TokenizerSpec.load(vocabTxt: dir + "/vocab.txt")) { XCTAssertTrue("\($0)".contains("not UTF-8"), "\($0)") }
     }
 
+    /// The vocabulary table compares tokens byte for byte, as Python's dict does: canonically
+    /// equivalent spellings are different tokens, and a repeated token keeps its last id.
+    func testVocabTableMatchesPythonDictSemantics() {
+        let precomposed = "caf\u{E9}", decomposed = "cafe\u{301}"
+        XCTAssertEqual(precomposed, decomposed, "Swift calls these equal; Python does not")
+        let t = VocabTable(["[PAD]", precomposed, "x", "##s", "x", ""])
+        XCTAssertEqual(t[precomposed], 1)
+        XCTAssertNil(t[decomposed])
+        XCTAssertEqual(t["x"], 4, "a repeated token keeps its last id")
+        XCTAssertEqual(t["##s"], 3)
+        XCTAssertEqual(t[""], 5)
+        XCTAssertNil(t["##"])
+        // Every token of the seed's vocabulary finds the id a dict built in order would give it.
+        var last: [[UInt8]: Int32] = [:]
+        for (i, token) in Self.vocabSpec.vocab.enumerated() { last[Array(token.utf8)] = Int32(i) }
+        let table = VocabTable(Self.vocabSpec.vocab)
+        let wrong = Self.vocabSpec.vocab.filter { table[$0] != last[Array($0.utf8)] }
+        XCTAssertEqual(wrong, [], "tokens looked up to the wrong id")
+    }
+
     func testSeedLabels() {
         let tok = Self.tokenizer
         XCTAssertEqual(tok.encode("a photo of a dog"), [101, 1037, 6302, 1997, 1037, 3899, 102])

@@ -104,6 +104,20 @@ final class LCWTests: XCTestCase {
     func testHeaderChecks() throws {
         let good = try validFile()
         assertReadError(.badHeader, "not JSON") { try read(withHeader(good, { _ in }, raw: { $0[0] = UInt8(ascii: "[") })) }
+        // The whole header is JSON, the metadata too, though the reader decodes only the tensor list.
+        assertReadError(.badHeader, "bad metadata") { try read(withHeader(good, { _ in }, raw: { h in
+            h = Data(String(decoding: h, as: UTF8.self).replacingOccurrences(of: "\"metadata\":{", with: "\"metadata\":{,").utf8)
+        })) }
+        assertReadError(.badHeader, "control character") { try read(withHeader(good, { _ in }, raw: { h in
+            h = Data(String(decoding: h, as: UTF8.self).replacingOccurrences(of: "\"metadata\":{", with: "\"metadata\":{\"x\":\"\u{1}\",").utf8)
+        })) }
+        assertReadError(.badHeader, "trailing bytes") { try read(withHeader(good, { _ in }, raw: { $0.append(contentsOf: " {}".utf8) })) }
+        assertReadError(.badHeader, "no tensors") { try read(withHeader(good, { _ in }, raw: { h in
+            h = Data(String(decoding: h, as: UTF8.self).replacingOccurrences(of: "\"tensors\":", with: "\"tensorz\":").utf8)
+        })) }
+        assertReadError(.duplicateName, "two tensor lists") { try read(withHeader(good, { _ in }, raw: { h in
+            h = Data(String(decoding: h, as: UTF8.self).replacingOccurrences(of: "{\"metadata\"", with: "{\"tensors\":[],\"metadata\"").utf8)
+        })) }
         assertReadError(.unknownDType) { try read(withHeader(good) { $0[0]["dtype"] = "f8" }) }
         assertReadError(.shapeMismatch) { try read(withHeader(good) { $0[0]["shape"] = [3, 6] }) }
         assertReadError(.overflow) { try read(withHeader(good) { $0[0]["shape"] = [Int.max / 2, 3] }) }

@@ -91,9 +91,31 @@ public struct LiteCLIPFile {
 
     static func decodeMetadata(_ json: Data, file path: String) throws -> LCWMetadata {
         do {
+            // The vocabulary, most of the metadata (30k strings), is read by a plain scan; the
+            // rest, with an empty vocabulary in its place, by JSONDecoder.
+            if let (rest, vocab) = splitVocabulary(json) {
+                var meta = try JSONDecoder().decode(LCWMetadata.self, from: rest)
+                meta.tokenizer.vocab = vocab
+                return meta
+            }
             return try JSONDecoder().decode(LCWMetadata.self, from: json)
         } catch {
             throw ModelError(.badConfig, file: path, "the .lcw metadata is not liteCLIP metadata: \(error)")
+        }
+    }
+
+    /// The metadata with `tokenizer.vocab` replaced by `[]`, and that vocabulary; nil when it is
+    /// not where the format puts it or not an array of strings (JSONDecoder then reads it all).
+    static func splitVocabulary(_ json: Data) -> (Data, [String])? {
+        json.withUnsafeBytes { b -> (Data, [String])? in
+            guard case .at(let t) = JSONSpans.topLevelValue("tokenizer", in: b),
+                  case .at(let v) = JSONSpans.topLevelValue("vocab", in: UnsafeRawBufferPointer(rebasing: b[t])),
+                  let vocab = JSONSpans.stringArray(UnsafeRawBufferPointer(rebasing: b[(t.lowerBound + v.lowerBound)..<(t.lowerBound + v.upperBound)]))
+            else { return nil }
+            var rest = Data(UnsafeRawBufferPointer(rebasing: b[..<(t.lowerBound + v.lowerBound)]))
+            rest.append(contentsOf: "[]".utf8)
+            rest.append(contentsOf: UnsafeRawBufferPointer(rebasing: b[(t.lowerBound + v.upperBound)...]))
+            return (rest, vocab)
         }
     }
 

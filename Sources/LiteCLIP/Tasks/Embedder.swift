@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import Synchronization
 import TensorIO
 
 /// `liteclip embed` and `liteclip zero-shot` over many files: L2-normalised embeddings in input
@@ -18,13 +19,15 @@ public enum Embedder {
     /// Embeds every file that decodes. A file that does not (corrupt, empty, not an image) is
     /// skipped and reported, or with `strict` its error is thrown and nothing is returned.
     /// `progress(done, total)` after each batch.
+    /// `ahead`: files already being decoded (started before the model opened); their images are
+    /// taken from it.
     public static func images(_ files: [String], model: LiteCLIPModel, batchSize: Int, strict: Bool = false,
-                              progress: ((Int, Int) -> Void)? = nil) throws -> ImageRun {
+                              ahead: DecodeAhead? = nil, progress: ((Int, Int) -> Void)? = nil) throws -> ImageRun {
         var values: [Float] = []
         values.reserveCapacity(files.count * model.config.projectionDim)
         var kept: [String] = [], skipped: [SkippedFile] = []
         var done = 0
-        try forEachBatch(files, model: model, batchSize: batchSize, strict: strict) { b in
+        try forEachBatch(files, model: model, batchSize: batchSize, strict: strict, ahead: ahead) { b in
             kept += b.files
             values += b.values
             skipped += b.skipped
@@ -44,14 +47,14 @@ public enum Embedder {
     /// As `images`, handing each batch to `body` as it is done (the photo index commits each
     /// one); the next batch decodes while `body` runs.
     public static func forEachBatch(_ files: [String], model: LiteCLIPModel, batchSize: Int, strict: Bool = false,
-                                    _ body: (ImageBatch) throws -> Void) throws {
+                                    ahead: DecodeAhead? = nil, _ body: (ImageBatch) throws -> Void) throws {
         let pre = ImagePreprocessor(model.preprocess)
         let s = model.preprocess.centerCrop, per = 3 * s * s
         let size = max(batchSize, 1)
         let batches = stride(from: 0, to: files.count, by: size).map { Array(files[$0..<min($0 + size, files.count)]) }
 
         // Pipelined: the next batch is decoded on another thread while this one computes.
-        var next = batches.first.map { b in BackgroundValue { _ in decode(b, pre, per) } }
+        var next = batches.first.map { b in BackgroundValue { _ in decode(b, pre, per, ahead) } }
         defer { _ = next?.wait() }   // never leave a decode running past a thrown error
         for (index, batch) in batches.enumerated() {
             var kept: [String] = [], skipped: [SkippedFile] = []
@@ -82,14 +85,18 @@ public enum Embedder {
 
     /// One batch decoded and preprocessed on both cores: pixels (`per` floats each), and each
     /// file's error.
-    private static func decode(_ batch: [String], _ pre: ImagePreprocessor, _ per: Int) -> (pixels: [Float], errors: [Error?]) {
+    private static func decode(_ batch: [String], _ pre: ImagePreprocessor, _ per: Int,
+                               _ ahead: DecodeAhead? = nil) -> (pixels: [Float], errors: [Error?]) {
         var pixels = [Float](repeating: 0, count: batch.count * per)
         var errors = [Error?](repeating: nil, count: batch.count)
         pixels.withUnsafeMutableBufferPointer { px in
             errors.withUnsafeMutableBufferPointer { errs in
                 let pp = px.baseAddress!, ep = errs
                 DispatchQueue.concurrentPerform(iterations: batch.count) { i in
-                    do { pre.normalize(pre.resizeAndCrop(try ImageDecoder.decode(path: batch[i])), into: pp + i * per) }
+                    do {
+                        let image = try ahead?.take(batch[i])?.get() ?? ImageDecoder.decode(path: batch[i])
+                        pre.normalize(pre.resizeAndCrop(image), into: pp + i * per)
+                    }
                     catch { ep[i] = error }
                 }
             }
@@ -109,5 +116,28 @@ public enum Embedder {
             progress?(start, texts.count)
         }
         return out
+    }
+}
+
+/// The first image files of a run, decoded on another thread from the moment this is made: made
+/// before the model opens (as the CLI does), their decoding overlaps the open. `Embedder` takes
+/// each one's image from here instead of decoding it again. At most `limit` files (two: one
+/// full-size photo per core, however large the batch) are held.
+public final class DecodeAhead: Sendable {
+    private let files: [String]
+    private let results: BackgroundValue<[Result<RGBImage, Error>]>
+    private let taken = Mutex<Set<Int>>([])
+
+    public init(_ files: [String], limit: Int = 2) {
+        let first = Array(files.prefix(limit))
+        self.files = first
+        results = BackgroundValue { _ in first.map { f in Result { try ImageDecoder.decode(path: f) } } }
+    }
+
+    /// The decoded image (or the decoder's error) of `path` if it is one of the files decoded
+    /// ahead and not taken yet (waiting for it); nil otherwise.
+    public func take(_ path: String) -> Result<RGBImage, Error>? {
+        guard let i = files.firstIndex(of: path), taken.withLock({ $0.insert(i).inserted }) else { return nil }
+        return results.wait()[i]
     }
 }

@@ -41,7 +41,7 @@ extension LiteCLIPModel {
     /// Classifies many image files against the same labels in one batched run (the labels are
     /// embedded once). Files that do not decode are skipped and reported, unless `strict`.
     public func zeroShot(imageFiles: [String], labels: [String], topK: Int? = nil, batchSize: Int = 16, strict: Bool = false,
-                         progress: ((Int, Int) -> Void)? = nil) throws -> ZeroShotBatch {
+                         ahead: DecodeAhead? = nil, progress: ((Int, Int) -> Void)? = nil) throws -> ZeroShotBatch {
         try Self.checkLabels(labels, file: "labels")
         // The labels are embedded, and the image tower built and mapped, on another thread while
         // the first images decode.
@@ -50,7 +50,7 @@ extension LiteCLIPModel {
             return textEmbeddings(tokenizer.encodeBatch(labels))
         }
         defer { _ = labelEmbeddings.wait() }
-        let run = try Embedder.images(imageFiles, model: self, batchSize: batchSize, strict: strict, progress: progress)
+        let run = try Embedder.images(imageFiles, model: self, batchSize: batchSize, strict: strict, ahead: ahead, progress: progress)
         let txt = labelEmbeddings.wait()
         let all = run.files.isEmpty ? [] : logits(imageEmbeddings: run.embeddings.values, textEmbeddings: txt)
         let n = labels.count

@@ -47,7 +47,7 @@ public struct TokenBatch: Sendable, Equatable {
 /// Checked against the fast tokenizer on every code point and on golden/tokens.json.
 public struct BertTokenizer: Sendable {
     public let spec: TokenizerSpec
-    let vocabIds: [String: Int32]
+    let vocabIds: VocabTable
     let unkId: Int32
     let clsId: Int32
     let sepId: Int32
@@ -67,12 +67,9 @@ public struct BertTokenizer: Sendable {
 
     public init(spec: TokenizerSpec) {
         self.spec = spec
-        var ids = [String: Int32](minimumCapacity: spec.vocab.count)
+        let ids = VocabTable(spec.vocab)
         var longest = 1
-        for (i, token) in spec.vocab.enumerated() {
-            ids[token] = Int32(i)  // a repeated entry keeps its last id, as transformers' load_vocab
-            longest = max(longest, token.unicodeScalars.count)
-        }
+        for token in spec.vocab { longest = max(longest, token.unicodeScalars.count) }
         vocabIds = ids
         maxPieceScalars = longest
         // `TokenizerSpec.load` guarantees these exist; a hand-made spec without them gets 0.
@@ -503,4 +500,46 @@ enum BertUnicode {
         0x1173C, 0x1173E, 0x12470, 0x12474, 0x16A6E, 0x16A6F, 0x16AF5, 0x16AF5, 0x16B37, 0x16B3B, 0x16B44, 0x16B44,
         0x1BC9F, 0x1BC9F, 0x1DA87, 0x1DA8B,
     ]
+}
+
+/// Token to id, compared by UTF-8 bytes as Python's `dict` compares `str` (Swift's `String`
+/// equality is canonical equivalence, which Python's is not); a repeated token keeps its last
+/// id, as transformers' `load_vocab`. Open addressing over FNV-1a hashes: built in one pass
+/// (a `[String: Int32]` of 30k tokens cost a model open milliseconds).
+struct VocabTable: Sendable {
+    private let tokens: [String]
+    private let slots: [Int32]   // a token id, or -1 for an empty slot
+    private let mask: Int
+
+    init(_ tokens: [String]) {
+        var size = 16
+        while size < 2 * tokens.count { size <<= 1 }
+        var slots = [Int32](repeating: -1, count: size)
+        for (i, t) in tokens.enumerated() {
+            var h = Self.hash(t) & (size - 1)
+            while slots[h] >= 0 && !Self.same(tokens[Int(slots[h])], t) { h = (h + 1) & (size - 1) }
+            slots[h] = Int32(i)
+        }
+        (self.tokens, self.slots, mask) = (tokens, slots, size - 1)
+    }
+
+    subscript(key: String) -> Int32? {
+        var h = Self.hash(key) & mask
+        while true {
+            let id = slots[h]
+            if id < 0 { return nil }
+            if Self.same(tokens[Int(id)], key) { return id }
+            h = (h + 1) & mask
+        }
+    }
+
+    private static func same(_ a: String, _ b: String) -> Bool {
+        a.utf8.count == b.utf8.count && a.utf8.elementsEqual(b.utf8)
+    }
+
+    private static func hash(_ s: String) -> Int {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in s.utf8 { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01b3 }
+        return Int(truncatingIfNeeded: h ^ (h >> 32))
+    }
 }

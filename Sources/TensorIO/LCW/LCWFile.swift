@@ -67,20 +67,29 @@ public enum LCWReader {
         }
         let dataLength = Int(d64)
         let headerBytes = UnsafeRawBufferPointer(rebasing: b[LCW.fixedHeaderSize..<(LCW.fixedHeaderSize + h)])
-        let headerData = Data(headerBytes)
-        // The tensor list is decoded (JSONDecoder also checks the whole header is JSON); the
-        // metadata object is handed on as its own bytes, for the model layer to decode once.
+        // The whole header is checked as JSON without building it; then only the tensor list is
+        // decoded, and the metadata object is handed on as its own bytes for the model layer.
+        if let f = JSONCheck.failure(in: headerBytes) {
+            throw err(.badHeader, "header byte \(f.offset)", "header is not JSON: \(f.reason)")
+        }
         let list: [LenientEntry]
-        do {
-            list = try JSONDecoder().decode(HeaderEntries.self, from: headerData).tensors
-        } catch DecodingError.keyNotFound(let k, _) where k.stringValue == "tensors" {
-            throw err(.badHeader, "header", "header has no \"tensors\" array")
-        } catch {
-            throw err(.badHeader, "header", "header is not a JSON object with a \"tensors\" array")
+        let members = JSONSpans.topLevelValues(["tensors", "metadata"], in: headerBytes)
+        switch members[0] {
+        case .absent:
+            let isObject = headerBytes.first { ![0x20, 0x09, 0x0A, 0x0D].contains($0) } == UInt8(ascii: "{")
+            throw err(.badHeader, "header", isObject ? "header has no \"tensors\" array" : "header is not a JSON object with a \"tensors\" array")
+        case .duplicate: throw err(.duplicateName, "header", "two \"tensors\" keys")
+        case .at(let span):
+            guard headerBytes[span.lowerBound] == UInt8(ascii: "[") else { throw err(.badHeader, "header", "\"tensors\" is not an array") }
+            do {
+                list = try JSONDecoder().decode([LenientEntry].self, from: Data(UnsafeRawBufferPointer(rebasing: headerBytes[span])))
+            } catch {
+                throw err(.badHeader, "header", "\"tensors\" is not an array: \(error)")
+            }
         }
         guard list.count <= LCW.maxTensors else { throw err(.limitExceeded, "header", "\(list.count) tensors exceed the cap of \(LCW.maxTensors)") }
         let metaJSON: Data
-        switch JSONSpans.topLevelValue("metadata", in: headerBytes) {
+        switch members[1] {
         case .absent: metaJSON = Data("{}".utf8)
         case .duplicate: throw err(.duplicateName, "header", "two \"metadata\" keys")
         case .at(let span):
@@ -129,10 +138,6 @@ public enum LCWReader {
 
 /// The header's tensor list, each entry decoded leniently so that `LCWReader.read` names what is
 /// wrong with it; the "metadata" member is not decoded here (see `JSONSpans`).
-private struct HeaderEntries: Decodable {
-    let tensors: [LenientEntry]
-}
-
 private struct LenientEntry: Decodable {
     struct Fields: Decodable {
         var name: String?, dtype: String?, shape: [Int]?, offset: Int?, nbytes: Int?
@@ -148,70 +153,4 @@ private struct LenientEntry: Decodable {
     }
     let entry: Fields?
     init(from d: Decoder) throws { entry = try? Fields(from: d) }
-}
-
-/// Where a member of a JSON object lies in its text, found by skipping values without building
-/// them. Only for text already known to be valid JSON (it does not validate).
-public enum JSONSpans {
-    public enum Found: Equatable { case absent, duplicate, at(Range<Int>) }
-
-    /// The byte range of the value of top-level member `key` (compared after unescaping).
-    public static func topLevelValue(_ key: String, in data: Data) -> Data? {
-        data.withUnsafeBytes { b in
-            if case .at(let r) = topLevelValue(key, in: b) { return Data(UnsafeRawBufferPointer(rebasing: b[r])) }
-            return nil
-        }
-    }
-
-    /// The byte range of the value of top-level member `key` (compared after unescaping).
-    public static func topLevelValue(_ key: String, in s: UnsafeRawBufferPointer) -> Found {
-        var i = 0, found: Range<Int>? = nil
-        func ws() { while i < s.count, s[i] == 0x20 || s[i] == 0x09 || s[i] == 0x0A || s[i] == 0x0D { i += 1 } }
-        func string() -> Range<Int> {   // at the opening quote; returns the whole literal
-            let start = i
-            i += 1
-            while i < s.count, s[i] != UInt8(ascii: "\"") { i += s[i] == UInt8(ascii: "\\") ? 2 : 1 }
-            i += 1
-            return start..<min(i, s.count)
-        }
-        func value() -> Range<Int> {
-            let start = i
-            if i < s.count, s[i] == UInt8(ascii: "\"") { return string() }
-            var depth = 0
-            while i < s.count {
-                let c = s[i]
-                if c == UInt8(ascii: "\"") { _ = string(); continue }
-                if c == UInt8(ascii: "{") || c == UInt8(ascii: "[") { depth += 1 }
-                else if c == UInt8(ascii: "}") || c == UInt8(ascii: "]") {
-                    if depth == 0 { break }
-                    depth -= 1
-                    if depth == 0 { i += 1; break }
-                } else if depth == 0 && (c == UInt8(ascii: ",") || c == 0x20 || c == 0x09 || c == 0x0A || c == 0x0D) { break }
-                i += 1
-            }
-            return start..<i
-        }
-        ws()
-        guard i < s.count, s[i] == UInt8(ascii: "{") else { return .absent }
-        i += 1
-        while true {
-            ws()
-            guard i < s.count, s[i] == UInt8(ascii: "\"") else { break }
-            let k = string()
-            ws(); i += 1; ws()   // the colon
-            guard i < s.count else { break }   // (only on text that is not JSON)
-            let v = value()
-            guard !v.isEmpty else { break }
-            let literal = Data(UnsafeRawBufferPointer(rebasing: s[k]))
-            let name = literal.contains(UInt8(ascii: "\\")) ? (try? JSONDecoder().decode(String.self, from: literal)) : String(decoding: literal.dropFirst().dropLast(), as: UTF8.self)
-            if name == key {
-                if found != nil { return .duplicate }
-                found = v
-            }
-            ws()
-            guard i < s.count, s[i] == UInt8(ascii: ",") else { break }
-            i += 1
-        }
-        return found.map { .at($0) } ?? .absent
-    }
 }
