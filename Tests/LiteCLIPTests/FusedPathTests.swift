@@ -149,6 +149,33 @@ final class FusedPathTests: XCTestCase {
         }
     }
 
+    /// Training's input gradient through the transposed weight (`WeightTranspose`, for large
+    /// weights) against the product reading the weight transposed in place: the same dot
+    /// products in the same order, so the same bits; and the weight and bias gradients as well.
+    func testTransposedWeightInputGradientEqualsTransposedRead() {
+        forEachKernel { isa in
+            var rng = SeededRNG(seed: 13)
+            for (out, inp, p) in [(384, 192, 300), (96, 768, 257), (1536, 384, 40)] {
+                XCTAssertTrue(inp * out >= 1 << 16)
+                let w = Buffer([out, inp], (0..<(out * inp)).map { _ in rng.nextFloat() * 2 - 1 }).view
+                let x = (0..<(inp * p)).map { _ in rng.nextFloat() * 2 - 1 }
+                let dy = (0..<(out * p)).map { _ in rng.nextFloat() * 2 - 1 }
+                var dx = [Float](repeating: .nan, count: inp * p), plain = dx
+                var dw = [Float](repeating: 0.5, count: out * inp), db = [Float](repeating: 0.25, count: out)
+                Kernels.pointwiseBackward(x: x, dy: dy, columns: p, weight: w, dWeight: &dw, dBias: &db, dx: &dx)
+                Kernels.gemm(w.data, dy, &plain, m: inp, n: p, k: out, transA: true)
+                var dwRef = [Float](repeating: 0.5, count: out * inp)
+                Kernels.gemm(dy, x, &dwRef, m: out, n: inp, k: p, transB: true, accumulate: true)
+                let diff = zip(dx, plain).map { abs($0 - $1) }.max() ?? .infinity
+                XCTAssertEqual(dx, plain, "\(isa) dx \(out)x\(inp)x\(p): max abs diff \(diff)")
+                XCTAssertEqual(dw, dwRef, "\(isa) dW \(out)x\(inp)x\(p)")
+                let dbRef = (0..<out).map { r in 0.25 + (0..<p).reduce(Float(0)) { $0 + dy[r * p + $1] } }
+                let dbDiff = zip(db, dbRef).map { abs($0 - $1) }.max() ?? .infinity
+                XCTAssertLessThan(dbDiff, 1e-3, "\(isa) db \(out)x\(inp)x\(p): max abs diff \(dbDiff)")
+            }
+        }
+    }
+
     /// Each epilogue of our sgemm against the product by definition plus the separate pass it
     /// replaces (and `Kernels.gemm` with transposed operands, which training uses), on shapes
     /// that cover edge tiles (M not a multiple of 6, N not of 16), K split into blocks (K > 384),

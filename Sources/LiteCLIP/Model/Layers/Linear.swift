@@ -59,7 +59,14 @@ extension Kernels {
         let out = weight.shape[0], inp = weight.shape[1]
         if let dWeight { gemm(dy, x, dWeight, m: out, n: inp, k: p, transB: true, accumulate: true) }
         if let dBias { addRowSums(dy, rows: out, cols: p, into: dBias) }
-        if let dx { gemm(weight.data, dy, dx, m: inp, n: p, k: out, transA: true) }
+        guard let dx else { return }
+        // dx = W^T dy. Our sgemm reads A in place: read transposed, each step down K is a new
+        // cache line of W (a quarter of it used), so a large W is transposed first.
+        if useOwnGEMM && inp * out >= 1 << 16 && p >= 256 {
+            WeightTranspose.shared.with(weight.data, rows: out, columns: inp) { wt in gemm(wt, dy, dx, m: inp, n: p, k: out) }
+        } else {
+            gemm(weight.data, dy, dx, m: inp, n: p, k: out, transA: true)
+        }
     }
 
     /// `y[r][j] += bias[r]`.
@@ -70,5 +77,36 @@ extension Kernels {
                 for j in 0..<columns { row[j] += b }
             }
         }
+    }
+}
+
+/// A grow-only buffer for a weight's transpose (training's input-gradient products), one at a
+/// time: the backward runs its products one after another.
+final class WeightTranspose: @unchecked Sendable {
+    static let shared = WeightTranspose()
+    private let lock = NSLock()
+    private var buffer: UnsafeMutablePointer<Float>?
+    private var capacity = 0
+
+    /// `body(wt)` with `wt[c][r] = w[r][c]`, `(columns, rows)` row-major.
+    func with(_ w: UnsafePointer<Float>, rows: Int, columns: Int, _ body: (UnsafePointer<Float>) -> Void) {
+        lock.lock(); defer { lock.unlock() }
+        if capacity < rows * columns {
+            buffer?.deallocate()
+            buffer = .allocate(capacity: rows * columns)
+            capacity = rows * columns
+        }
+        let wt = buffer!
+        // 32 x 32 tiles, a band of 32 output rows per task.
+        Kernels.parallelFor((columns + 31) / 32, grain: 1) { bands in
+            for band in bands {
+                let c0 = band * 32, c1 = min(columns, c0 + 32)
+                for r0 in stride(from: 0, to: rows, by: 32) {
+                    let r1 = min(rows, r0 + 32)
+                    for c in c0..<c1 { for r in r0..<r1 { wt[c * rows + r] = w[r * columns + c] } }
+                }
+            }
+        }
+        body(wt)
     }
 }

@@ -50,7 +50,7 @@ struct ConvNeXtBlock {
     func forward(_ x: Buffer, dim: Int, batch: Int, h: Int, w: Int, eps: Float, scratch: Scratch, ws: Workspace,
                  cache: Cache?) -> Buffer {
         let p = batch * h * w, h4 = fc1.weight.shape[0]
-        let t = ws.reuse(scratch.t, [dim, p])
+        let t = scratch.t ?? ws.uninitialized([dim, p])   // every buffer below is written in full first
         let int8 = fc1.weight.int8 != nil || fc2.weight.int8 != nil
         if cache == nil && fused && Kernels.useOwnGEMM && (!int8 || Kernels.int8Kernel) {
             // Fused inference path: depthwise conv and LayerNorm in one pass per block of rows;
@@ -79,16 +79,16 @@ struct ConvNeXtBlock {
             return x
         }
         Kernels.depthwiseConv(x.data, channels: dim, batch: batch, h: h, w: w, weight: convDW.weight, bias: convDW.bias, into: t.data)
-        let xhat = cache.map { _ in ws.zeros([dim, p]) }, rstd = cache.map { _ in ws.zeros([p]) }
+        let xhat = cache.map { _ in ws.uninitialized([dim, p]) }, rstd = cache.map { _ in ws.uninitialized([p]) }
         Kernels.layerNormChannelsForward(t.data, channels: dim, columns: p, weight: norm.weight, bias: norm.bias, eps: eps,
                                          xhat: xhat?.data, rstd: rstd?.data, into: t.data)
-        let hpre = cache == nil ? scratch.hidden : ws.zeros([h4, p])
+        let hpre = cache == nil ? scratch.hidden : ws.uninitialized([h4, p])
         Kernels.pointwise(t.data, columns: p, weight: fc1.weight, bias: fc1.bias, into: hpre.data)
         let a = scratch.hidden                                                              // gelu(hpre); in place at inference
         Kernels.gelu(hpre.data, into: a.data, count: h4 * p)
         let z = t                                                                           // t is not needed any more
         Kernels.pointwise(a.data, columns: p, weight: fc2.weight, bias: fc2.bias, into: z.data)
-        let out = cache == nil ? x : ws.zeros([dim, p])
+        let out = cache == nil ? x : ws.uninitialized([dim, p])
         Kernels.parallelFor(dim, grain: 1) { range in
             for c in range {
                 let g = gamma.data[c], xr = x.data + c * p, zr = z.data + c * p, o = out.data + c * p
@@ -106,7 +106,7 @@ struct ConvNeXtBlock {
             preconditionFailure("backward without a forward cache")
         }
         let p = batch * h * w, h4 = fc1.weight.shape[0]
-        let dx = ws.zeros([dim, p])
+        let dx = ws.uninitialized([dim, p])
         dx.data.update(from: dOut.data, count: dim * p)                      // residual
         if let dg = grads.of(gamma) {
             Kernels.parallelFor(dim, grain: 1) { range in
@@ -274,14 +274,14 @@ public struct ConvNeXt: Sendable {
         Kernels.globalAveragePoolBackward(dpooled.data, channels: cl, batch: b, hw: head.hw, dx: dx.data)
         for i in stride(from: stages.count - 1, through: 0, by: -1) {
             let dim = c.dims[i], (h, w) = cache.sizes[i]
-            let a = ws.zeros([c.mlpRatio * dim, b * h * w])
+            let a = ws.uninitialized([c.mlpRatio * dim, b * h * w])   // each block writes it (GELU) before reading
             for j in stride(from: stages[i].blocks.count - 1, through: 0, by: -1) {
                 dx = stages[i].blocks[j].backward(cache.blocks[i][j], dx, dim: dim, batch: b, h: h, w: w, grads: grads, a: a, ws: ws)
                 cache.blocks[i].removeLast()                    // release the block's activations
             }
             if let ds = stages[i].downsample, let dsc = cache.downsample[i] {
                 let cin = c.dims[i - 1], hi = h * 2, wi = w * 2, p = b * hi * wi
-                let t = ws.zeros([cin, p])
+                let t = ws.uninitialized([cin, p])
                 Kernels.affineChannels(dsc.xhat.data, channels: cin, columns: p, weight: ds.norm.weight, bias: ds.norm.bias, into: t.data)
                 Kernels.patchConvBackward(x: t.data, dy: dx.data, inChannels: cin, batch: b, h: hi, w: wi, stride: 2, weight: ds.conv.weight,
                                           dWeight: grads.of(ds.conv.weight), dBias: grads.of(ds.conv.bias), dx: t.data, ws: ws)
