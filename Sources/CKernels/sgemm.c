@@ -340,6 +340,17 @@ static int streams_a(int m, int n, int k, long rsa, long csa, int nr) {
     return csa == 1 && rsa == k && k > 0 && (long)k * npad * 4 <= (1L << 20) && (long)m * k * 4 > (1L << 20);
 }
 
+// The same for B too large to pack whole (batch 8's stages 2 and 3, training's products): B in
+// chunks of columns of at most 1 MiB packed, all of A streamed over each chunk in turn. Returns
+// the chunk width (a multiple of nr, the chunks as even as that allows), or 0.
+static int column_chunk(int m, int n, int k, long rsa, long csa, int nr) {
+    if (csa != 1 || rsa != k || k <= 0 || (long)m * k * 4 <= (1L << 20)) return 0;
+    long most = (1L << 20) / ((long)k * 4) / nr * nr;
+    if (most < nr || n <= most) return 0;
+    long chunks = (n + most - 1) / most;
+    return (int)(((n + chunks - 1) / chunks + nr - 1) / nr * nr);
+}
+
 // The last one or two columns of a product whose last panel holds 17 or 18 (batch 1's stage 3:
 // 49 = 32 + 16 + 1): instead of a second 16-wide pass for them, each is 6 dot products of A's
 // rows (contiguous) with that column of B, copied contiguous after the panels. Vectors run
@@ -385,7 +396,8 @@ static void dot_tail(int k, int mr, const float *a, const float *bcol, int t, fl
 
 // Rows [r0, r1) of such a product from B already packed whole (`packed`, K x padded N, then
 // `tail`'s columns contiguous when tail_columns says so).
-static void row_tiles(int r0, int r1, int m, int n, int k, const float *a, const float *packed,
+// Columns j0 .. j0 + n of C (B's packed from its column j0).
+static void row_tiles(int r0, int r1, int m, int n, int j0, int k, const float *a, const float *packed,
                       float *c, long ldc, const lc_epilogue *e, int wide, int nr) {
     float tile[MR * NR_MAX] __attribute__((aligned(64)));
     int t = tail_columns(n, nr, wide);
@@ -398,18 +410,18 @@ static void row_tiles(int r0, int r1, int m, int n, int k, const float *a, const
             int w = n - jr < nr ? n - jr : nr;
             const float *bp = packed + (long)jr * k, *pf = jr == 0 ? next : NULL;
             if (wide && h == MR && w == nr) {
-                kernel_avx512(k, h, ap, k, 1, bp, tile, c, ldc, ir, jr, e, 1, 1, pf);
+                kernel_avx512(k, h, ap, k, 1, bp, tile, c, ldc, ir, j0 + jr, e, 1, 1, pf);
                 continue;
             }
             if (t && jr + nr >= n) {   // the last panel: 16 columns, then the tail's dot products
                 kernel_avx512_half(k, h, ap, k, 1, bp, tile, pf);
-                lc_tile_epilogue(tile, h, 16, ir, jr, c, ldc, e, 1, 1);
+                lc_tile_epilogue(tile, h, 16, ir, j0 + jr, c, ldc, e, 1, 1);
                 dot_tail(k, h, ap, tail, t, tile);
-                lc_tile_epilogue(tile, h, t, ir, jr + 16, c, ldc, e, 1, 1);
+                lc_tile_epilogue(tile, h, t, ir, j0 + jr + 16, c, ldc, e, 1, 1);
                 continue;
             }
             edge_tile(wide, w, k, h, ap, k, 1, bp, tile, e, 1, 1, pf);
-            lc_tile_epilogue(tile, h, w, ir, jr, c, ldc, e, 1, 1);
+            lc_tile_epilogue(tile, h, w, ir, j0 + jr, c, ldc, e, 1, 1);
         }
     }
 }
@@ -427,7 +439,7 @@ static void row_tile_product(int m, int n, int k, const float *a, const float *b
                              float *c, long ldc, const lc_epilogue *e, int wide, int nr) {
     float *packed = whole_b_buffer(k, n, nr, wide, b, rsb, csb);
     pack_b(k, n, nr, b, rsb, csb, packed);
-    row_tiles(0, m, m, n, k, a, packed, c, ldc, e, wide, nr);
+    row_tiles(0, m, m, n, 0, k, a, packed, c, ldc, e, wide, nr);
 }
 
 // The same product over the pool: B packed once into the caller's buffer (one task per panel),
@@ -435,7 +447,7 @@ static void row_tile_product(int m, int n, int k, const float *a, const float *b
 // every core packed all of B for its own rows, and a core that lost time to anything else held
 // up the whole product while the other waited.
 typedef struct {
-    int m, n, k, nr, wide, chunk;
+    int m, n, j0, k, nr, wide, chunk;
     const float *a, *b;
     long rsb, csb, ldc;
     float *c, *packed;
@@ -451,22 +463,26 @@ static void pack_panel_task(void *p, long i) {
 static void row_chunk_task(void *p, long i) {
     const shared_b_job *j = p;
     int r0 = (int)i * j->chunk, r1 = r0 + j->chunk < j->m ? r0 + j->chunk : j->m;
-    row_tiles(r0, r1, j->m, j->n, j->k, j->a, j->packed, j->c, j->ldc, j->e, j->wide, j->nr);
+    row_tiles(r0, r1, j->m, j->n, j->j0, j->k, j->a, j->packed, j->c, j->ldc, j->e, j->wide, j->nr);
 }
 
 int lc_sgemm_parallel_rows(int m, int n, int k, const float *a, long rsa, long csa, const float *b, long rsb, long csb,
                            float *c, long ldc, const lc_epilogue *e) {
     if (m <= 0 || n <= 0 || detect() == 0) return 0;
     int wide = isa == 2, nr = wide ? 32 : 16, cores = lc_pool_threads();
-    if (cores < 2 || !streams_a(m, n, k, rsa, csa, nr)) return 0;
-    int panels = (n + nr - 1) / nr;
+    if (cores < 2) return 0;
+    int width = streams_a(m, n, k, rsa, csa, nr) ? n : column_chunk(m, n, k, rsa, csa, nr);
+    if (width == 0) return 0;
     int chunk = (m + 4 * cores - 1) / (4 * cores);   /* about four chunks per core */
     chunk = (chunk + MR - 1) / MR * MR;
     if (chunk < 4 * MR) chunk = 4 * MR;
-    shared_b_job job = {m, n, k, nr, wide, chunk, a, b, rsb, csb, ldc, c, NULL, e};
-    job.packed = whole_b_buffer(k, n, nr, wide, b, rsb, csb);
-    lc_parallel(panels, pack_panel_task, &job);
-    lc_parallel((m + chunk - 1) / chunk, row_chunk_task, &job);
+    for (int j0 = 0; j0 < n; j0 += width) {
+        int w = n - j0 < width ? n - j0 : width;
+        shared_b_job job = {m, w, j0, k, nr, wide, chunk, a, b + (long)j0 * csb, rsb, csb, ldc, c, NULL, e};
+        job.packed = whole_b_buffer(k, w, nr, wide, job.b, rsb, csb);
+        lc_parallel((w + nr - 1) / nr, pack_panel_task, &job);
+        lc_parallel((m + chunk - 1) / chunk, row_chunk_task, &job);
+    }
     return 1;
 }
 

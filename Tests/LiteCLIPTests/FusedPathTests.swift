@@ -187,9 +187,10 @@ final class FusedPathTests: XCTestCase {
         // (1400, 37, 400): each core's rows of A exceed 1 MiB with few columns, the row-tile path
         // (K whole, every panel per tile of A, the next tile prefetched), with an edge tile;
         // (1400, 50, 400): its last panel as 16 columns and two dot-product columns (K not a
-        // multiple of 16).
+        // multiple of 16); (500, 700, 600) and (450, 690, 600): B too large to pack whole, so in
+        // two chunks of columns, the second ending in an edge panel, or in 16 + 2 columns.
         for (m, n, k) in [(1, 1, 1), (7, 5, 3), (6, 16, 96), (13, 37, 400), (96, 49, 768), (40, 300, 1000), (200, 130, 64), (5, 9, 0),
-                          (1400, 37, 400), (1400, 50, 400)] {
+                          (1400, 37, 400), (1400, 50, 400), (500, 700, 600), (450, 690, 600)] {
             let a = random(m * k), b = random(k * n), bias = random(m), scale = random(m), d0 = random(m * n)
             // The reference product in double precision, by the definition (independent of every kernel).
             var want = [Float](repeating: 0, count: m * n)
