@@ -65,6 +65,48 @@ static void pack_b(int kc, int nc, int nr, const float *b, long rsb, long csb, f
                 for (; q < nr; q++) dst[q] = 0;
                 src += rsb; dst += nr;
             }
+        } else if (rsb == 1) {
+            // B transposed, each column contiguous along K (training's weight gradients): 8 x 8
+            // blocks, 8 columns' runs of 8 loaded and transposed in registers, stored as 8 rows
+            // of the panel (element by element, the panel was written 4 bytes at a time, a cache
+            // line apart).
+            int q = 0;
+            for (; q + 8 <= w; q += 8) {
+                const float *src = b + (long)(j + q) * csb;
+                int p = 0;
+                for (; p + 8 <= kc; p += 8) {
+                    __m256 r0 = _mm256_loadu_ps(src + p), r1 = _mm256_loadu_ps(src + csb + p);
+                    __m256 r2 = _mm256_loadu_ps(src + 2 * csb + p), r3 = _mm256_loadu_ps(src + 3 * csb + p);
+                    __m256 r4 = _mm256_loadu_ps(src + 4 * csb + p), r5 = _mm256_loadu_ps(src + 5 * csb + p);
+                    __m256 r6 = _mm256_loadu_ps(src + 6 * csb + p), r7 = _mm256_loadu_ps(src + 7 * csb + p);
+                    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+                    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+                    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+                    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+                    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+                    __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+                    __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+                    __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+                    float *d = dst + (long)p * nr + q;
+                    _mm256_store_ps(d, _mm256_permute2f128_ps(s0, s4, 0x20));
+                    _mm256_store_ps(d + nr, _mm256_permute2f128_ps(s1, s5, 0x20));
+                    _mm256_store_ps(d + 2 * nr, _mm256_permute2f128_ps(s2, s6, 0x20));
+                    _mm256_store_ps(d + 3 * nr, _mm256_permute2f128_ps(s3, s7, 0x20));
+                    _mm256_store_ps(d + 4 * nr, _mm256_permute2f128_ps(s0, s4, 0x31));
+                    _mm256_store_ps(d + 5 * nr, _mm256_permute2f128_ps(s1, s5, 0x31));
+                    _mm256_store_ps(d + 6 * nr, _mm256_permute2f128_ps(s2, s6, 0x31));
+                    _mm256_store_ps(d + 7 * nr, _mm256_permute2f128_ps(s3, s7, 0x31));
+                }
+                for (; p < kc; p++) for (int i = 0; i < 8; i++) dst[(long)p * nr + q + i] = src[(long)i * csb + p];
+            }
+            for (; q < nr; q++) {
+                if (q < w) {
+                    const float *src = b + (long)(j + q) * csb;
+                    for (int p = 0; p < kc; p++) dst[(long)p * nr + q] = src[p];
+                } else {
+                    for (int p = 0; p < kc; p++) dst[(long)p * nr + q] = 0;
+                }
+            }
         } else {
             // B transposed (column stride > 1): read each column's run along K once.
             for (int q = 0; q < nr; q++) {
