@@ -122,22 +122,27 @@ public enum Embedder {
 /// The first image files of a run, decoded on another thread from the moment this is made: made
 /// before the model opens (as the CLI does), their decoding overlaps the open. `Embedder` takes
 /// each one's image from here instead of decoding it again. At most `limit` files (two: one
-/// full-size photo per core, however large the batch) are held.
+/// full-size photo per core, however large the batch) are decoded; each image is let go once
+/// taken.
 public final class DecodeAhead: Sendable {
+    private final class Slot: @unchecked Sendable { var result: Result<RGBImage, Error>? }
     private let files: [String]
-    private let results: BackgroundValue<[Result<RGBImage, Error>]>
+    private let slots: [Slot]          // written by the decoding thread before `decoded` is done
+    private let decoded: BackgroundValue<Void>
     private let taken = Mutex<Set<Int>>([])
 
     public init(_ files: [String], limit: Int = 2) {
-        let first = Array(files.prefix(limit))
-        self.files = first
-        results = BackgroundValue { _ in first.map { f in Result { try ImageDecoder.decode(path: f) } } }
+        let first = Array(files.prefix(limit)), slots = first.map { _ in Slot() }
+        (self.files, self.slots) = (first, slots)
+        decoded = BackgroundValue { _ in for (slot, f) in zip(slots, first) { slot.result = Result { try ImageDecoder.decode(path: f) } } }
     }
 
     /// The decoded image (or the decoder's error) of `path` if it is one of the files decoded
     /// ahead and not taken yet (waiting for it); nil otherwise.
     public func take(_ path: String) -> Result<RGBImage, Error>? {
         guard let i = files.firstIndex(of: path), taken.withLock({ $0.insert(i).inserted }) else { return nil }
-        return results.wait()[i]
+        decoded.wait()
+        defer { slots[i].result = nil }   // only this caller reads slot i
+        return slots[i].result
     }
 }
