@@ -84,7 +84,7 @@ public enum LCWReader {
             do {
                 list = try JSONDecoder().decode([LenientEntry].self, from: Data(UnsafeRawBufferPointer(rebasing: headerBytes[span])))
             } catch {
-                throw err(.badHeader, "header", "\"tensors\" is not an array: \(error)")
+                throw err(.badHeader, "header", "the \"tensors\" list does not decode: \(error)")
             }
         }
         guard list.count <= LCW.maxTensors else { throw err(.limitExceeded, "header", "\(list.count) tensors exceed the cap of \(LCW.maxTensors)") }
