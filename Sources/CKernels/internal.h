@@ -15,6 +15,17 @@ enum { LC_BUFFER_PACK, LC_BUFFER_DWCONV, LC_BUFFER_TASK, LC_BUFFER_COUNT };
 /// its contents do not survive growth). All of a thread's buffers are freed when it ends.
 float *lc_thread_buffer(int which, size_t need);
 
+/// Where C's element (r, j) lives: row-major with leading dimension ldc, or in the packed layout
+/// when the epilogue says so (a tile never crosses a panel: its first column is a multiple of
+/// the panel width, or within the panel's last 16 columns).
+static inline float *lc_c_at(float *c, long ldc, const lc_epilogue *e, int r, int j) {
+    if (!e->packed) return c + (long)r * ldc + j;
+    return c + (long)(j / e->packed) * e->panel + (long)r * e->packed + j % e->packed;
+}
+
+/// Floats from one row of C to the next (within a panel when packed).
+static inline long lc_c_step(long ldc, const lc_epilogue *e) { return e->packed ? e->packed : ldc; }
+
 /// Applies a finished tile (row stride LC_NR_MAX) to rows [r, r+mr) and columns [j, j+nr) of C
 /// as the epilogue says (sgemm.c). first: nothing of this product in C yet; last: the final K block.
 void lc_tile_epilogue(const float *tile, int mr, int nr, int r, int j, float *c, long ldc,

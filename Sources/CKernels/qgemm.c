@@ -132,13 +132,13 @@ static void qkernel_vnni(int groups, int mr, const int8_t *a, long lda, const ui
     }
     if (f) {
         const lc_epilogue *e = f->e;
-        float *cr = f->c + (long)f->r * f->ldc + f->j;
+        float *cr = lc_c_at(f->c, f->ldc, e, f->r, f->j); long cs = lc_c_step(f->ldc, e);
         float *dr = e->kind == LC_EPILOGUE_RESIDUAL ? e->dst + (long)f->r * e->ldd + f->j : NULL;
         int addC = e->kind == LC_EPILOGUE_ACCUMULATE;
         const float *xs = f->xscale + f->j;
 #define FIN(lo, hi, i) { int row = f->r + i; int32_t off = 128 * f->rowsum[row]; float ws = f->wscale[row]; \
         lc_finish_row512(dequant16(lo, off, ws, xs), dequant16(hi, off, ws, xs + 16), row, cr, dr, e, addC, 1); \
-        cr += f->ldc; if (dr) dr += e->ldd; }
+        cr += cs; if (dr) dr += e->ldd; }
         FIN(c00, c01, 0) FIN(c10, c11, 1) FIN(c20, c21, 2) FIN(c30, c31, 3) FIN(c40, c41, 4) FIN(c50, c51, 5)
 #undef FIN
         return;

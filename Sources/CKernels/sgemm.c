@@ -278,14 +278,14 @@ static void kernel_avx512(int kc, int mr, const float *a, long rsa, long csa, co
     }
     if (c) {
         int addC = e->kind == LC_EPILOGUE_ACCUMULATE || !first;
-        float *cr = c + (long)r * ldc + j;
+        float *cr = lc_c_at(c, ldc, e, r, j);
         float *dr = e->kind == LC_EPILOGUE_RESIDUAL ? e->dst + (long)r * e->ldd + j : NULL;
-        long dd = e->ldd;
-        lc_finish_row512(c00, c01, r + 0, cr, dr, e, addC, last); cr += ldc; if (dr) dr += dd;
-        lc_finish_row512(c10, c11, r + 1, cr, dr, e, addC, last); cr += ldc; if (dr) dr += dd;
-        lc_finish_row512(c20, c21, r + 2, cr, dr, e, addC, last); cr += ldc; if (dr) dr += dd;
-        lc_finish_row512(c30, c31, r + 3, cr, dr, e, addC, last); cr += ldc; if (dr) dr += dd;
-        lc_finish_row512(c40, c41, r + 4, cr, dr, e, addC, last); cr += ldc; if (dr) dr += dd;
+        long dd = e->ldd, cs = lc_c_step(ldc, e);
+        lc_finish_row512(c00, c01, r + 0, cr, dr, e, addC, last); cr += cs; if (dr) dr += dd;
+        lc_finish_row512(c10, c11, r + 1, cr, dr, e, addC, last); cr += cs; if (dr) dr += dd;
+        lc_finish_row512(c20, c21, r + 2, cr, dr, e, addC, last); cr += cs; if (dr) dr += dd;
+        lc_finish_row512(c30, c31, r + 3, cr, dr, e, addC, last); cr += cs; if (dr) dr += dd;
+        lc_finish_row512(c40, c41, r + 4, cr, dr, e, addC, last); cr += cs; if (dr) dr += dd;
         lc_finish_row512(c50, c51, r + 5, cr, dr, e, addC, last);
         return;
     }
@@ -308,7 +308,7 @@ void lc_tile_epilogue(const float *tile, int mr, int nr, int r, int j, float *c,
     for (int i = 0; i < mr; i++) {
         float row[NR_MAX] __attribute__((aligned(32)));
         const float *t = tile + i * NR_MAX;
-        float *cr = c + (long)(r + i) * ldc + j;
+        float *cr = lc_c_at(c, ldc, e, r + i, j);
         int full = nr & ~7;
         // row = tile (+ what C holds)
         for (int q = 0; q < full; q += 8) {
@@ -393,17 +393,23 @@ static int column_chunk(int m, int n, int k, long rsa, long csa, int nr) {
     return (int)(((n + chunks - 1) / chunks + nr - 1) / nr * nr);
 }
 
-// The last one or two columns of a product whose last panel holds 17 or 18 (batch 1's stage 3:
-// 49 = 32 + 16 + 1): instead of a second 16-wide pass for them, each is 6 dot products of A's
-// rows (contiguous) with that column of B, copied contiguous after the panels. Vectors run
-// along K, so each sum is added in a different order from the panels' (within the products'
-// tolerance, not the same bits).
-#define TAIL_MAX 2
+// The last few columns of a product whose last panel holds at most 4 (batch 1's stage 2: 196 =
+// 6 x 32 + 4), or 17 or 18 (stage 3: 49 = 32 + 16 + 1): instead of a 16-wide pass for them
+// (four times the multiply-adds for 4 columns), each is 6 dot products of A's rows (contiguous)
+// with that column of B, copied contiguous after the panels. Vectors run along K, so each sum
+// is added in a different order from the panels' (within the products' tolerance, not the
+// same bits).
+#define TAIL_MAX 4
 
 static int tail_columns(int n, int nr, int wide) {
     int last = n - (n - 1) / nr * nr;
-    return wide && last > 16 && last - 16 <= TAIL_MAX ? last - 16 : 0;
+    if (!wide) return 0;
+    if (last <= TAIL_MAX) return last;
+    return last > 16 && last - 16 <= 2 ? last - 16 : 0;
 }
+
+// Columns of the last panel the 16-wide kernel does before the tail (0 or 16).
+static int tail_lead(int n, int nr) { return n - (n - 1) / nr * nr > 16 ? 16 : 0; }
 
 static void pack_tail(int k, int n, int t, const float *b, long rsb, long csb, float *dst) {
     for (int q = 0; q < t; q++) {
@@ -412,27 +418,42 @@ static void pack_tail(int k, int n, int t, const float *b, long rsb, long csb, f
     }
 }
 
-// tile[i][q] = sum over p of A[i][p] * bcol[q][p] for rows i < mr (A row-major, row stride k).
+// The same from B already packed (nr columns per panel): column j is panel j / nr's column j % nr.
+static void pack_tail_packed(int k, int n, int t, const float *packed, int nr, float *dst) {
+    for (int q = 0; q < t; q++) {
+        int j = n - t + q;
+        pack_tail(k, 1, 1, packed + (long)(j / nr) * k * nr + j % nr, nr, 0, dst + (long)q * k);
+    }
+}
+
+// tile[i][q] = sum over p of A[i][p] * bcol[q][p] for rows i < mr (A row-major, row stride k):
+// two columns at a time, each load of A's rows serving both.
 __attribute__((target("avx512f")))
 static void dot_tail(int k, int mr, const float *a, const float *bcol, int t, float *tile) {
     const float *a0 = a, *a1 = a + (mr > 1 ? k : 0), *a2 = a + (mr > 2 ? 2L * k : 0);
     const float *a3 = a + (mr > 3 ? 3L * k : 0), *a4 = a + (mr > 4 ? 4L * k : 0), *a5 = a + (mr > 5 ? 5L * k : 0);
-    for (int q = 0; q < t; q++) {
-        const float *bc = bcol + (long)q * k;
+    for (int q = 0; q < t; q += 2) {
+        const float *b0 = bcol + (long)q * k, *b1 = q + 1 < t ? b0 + k : b0;
         __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0;
+        __m512 u0 = s0, u1 = s0, u2 = s0, u3 = s0, u4 = s0, u5 = s0;
         for (int p = 0; p < k; p += 16) {
             __mmask16 mk = k - p >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (k - p)) - 1);
-            __m512 bv = _mm512_maskz_loadu_ps(mk, bc + p);
-            s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, a0 + p), bv, s0);
-            s1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, a1 + p), bv, s1);
-            s2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, a2 + p), bv, s2);
-            s3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, a3 + p), bv, s3);
-            s4 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, a4 + p), bv, s4);
-            s5 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, a5 + p), bv, s5);
+            __m512 v = _mm512_maskz_loadu_ps(mk, b0 + p), w = _mm512_maskz_loadu_ps(mk, b1 + p), x;
+            x = _mm512_maskz_loadu_ps(mk, a0 + p); s0 = _mm512_fmadd_ps(x, v, s0); u0 = _mm512_fmadd_ps(x, w, u0);
+            x = _mm512_maskz_loadu_ps(mk, a1 + p); s1 = _mm512_fmadd_ps(x, v, s1); u1 = _mm512_fmadd_ps(x, w, u1);
+            x = _mm512_maskz_loadu_ps(mk, a2 + p); s2 = _mm512_fmadd_ps(x, v, s2); u2 = _mm512_fmadd_ps(x, w, u2);
+            x = _mm512_maskz_loadu_ps(mk, a3 + p); s3 = _mm512_fmadd_ps(x, v, s3); u3 = _mm512_fmadd_ps(x, w, u3);
+            x = _mm512_maskz_loadu_ps(mk, a4 + p); s4 = _mm512_fmadd_ps(x, v, s4); u4 = _mm512_fmadd_ps(x, w, u4);
+            x = _mm512_maskz_loadu_ps(mk, a5 + p); s5 = _mm512_fmadd_ps(x, v, s5); u5 = _mm512_fmadd_ps(x, w, u5);
         }
-        float v[6] = {_mm512_reduce_add_ps(s0), _mm512_reduce_add_ps(s1), _mm512_reduce_add_ps(s2),
-                      _mm512_reduce_add_ps(s3), _mm512_reduce_add_ps(s4), _mm512_reduce_add_ps(s5)};
-        for (int i = 0; i < mr; i++) tile[i * NR_MAX + q] = v[i];
+        float v0[6] = {_mm512_reduce_add_ps(s0), _mm512_reduce_add_ps(s1), _mm512_reduce_add_ps(s2),
+                       _mm512_reduce_add_ps(s3), _mm512_reduce_add_ps(s4), _mm512_reduce_add_ps(s5)};
+        for (int i = 0; i < mr; i++) tile[i * NR_MAX + q] = v0[i];
+        if (q + 1 < t) {
+            float v1[6] = {_mm512_reduce_add_ps(u0), _mm512_reduce_add_ps(u1), _mm512_reduce_add_ps(u2),
+                           _mm512_reduce_add_ps(u3), _mm512_reduce_add_ps(u4), _mm512_reduce_add_ps(u5)};
+            for (int i = 0; i < mr; i++) tile[i * NR_MAX + q + 1] = v1[i];
+        }
     }
 }
 
@@ -440,10 +461,9 @@ static void dot_tail(int k, int mr, const float *a, const float *bcol, int t, fl
 // `tail`'s columns contiguous when tail_columns says so).
 // Columns j0 .. j0 + n of C (B's packed from its column j0).
 static void row_tiles(int r0, int r1, int m, int n, int j0, int k, const float *a, const float *packed,
-                      float *c, long ldc, const lc_epilogue *e, int wide, int nr) {
+                      const float *tail, float *c, long ldc, const lc_epilogue *e, int wide, int nr) {
     float tile[MR * NR_MAX] __attribute__((aligned(64)));
-    int t = tail_columns(n, nr, wide);
-    const float *tail = packed + (long)k * ((n + nr - 1) / nr * nr);
+    int t = tail_columns(n, nr, wide), lead = tail_lead(n, nr);
     for (int ir = r0; ir < r1; ir += MR) {
         int h = m - ir < MR ? m - ir : MR;
         const float *ap = a + (long)ir * k;
@@ -455,11 +475,13 @@ static void row_tiles(int r0, int r1, int m, int n, int j0, int k, const float *
                 kernel_avx512(k, h, ap, k, 1, bp, tile, c, ldc, ir, j0 + jr, e, 1, 1, pf);
                 continue;
             }
-            if (t && jr + nr >= n) {   // the last panel: 16 columns, then the tail's dot products
-                kernel_avx512_half(k, h, ap, k, 1, bp, tile, pf);
-                lc_tile_epilogue(tile, h, 16, ir, j0 + jr, c, ldc, e, 1, 1);
+            if (t && jr + nr >= n) {   // the last panel: 16 columns or none, then the tail's dot products
+                if (lead) {
+                    kernel_avx512_half(k, h, ap, k, 1, bp, tile, pf);
+                    lc_tile_epilogue(tile, h, 16, ir, j0 + jr, c, ldc, e, 1, 1);
+                }
                 dot_tail(k, h, ap, tail, t, tile);
-                lc_tile_epilogue(tile, h, t, ir, j0 + jr + 16, c, ldc, e, 1, 1);
+                lc_tile_epilogue(tile, h, t, ir, j0 + jr + lead, c, ldc, e, 1, 1);
                 continue;
             }
             edge_tile(wide, w, k, h, ap, k, 1, bp, tile, e, 1, 1, pf);
@@ -477,11 +499,27 @@ static float *whole_b_buffer(int k, int n, int nr, int wide, const float *b, lon
     return packed;
 }
 
-static void row_tile_product(int m, int n, int k, const float *a, const float *b, long rsb, long csb,
+// Where a product's tail columns go when B is already packed: the calling thread's pack buffer
+// (unused then), filled from the packed panels.
+static float *packed_tail(int k, int n, int nr, int wide, const float *packed) {
+    float *tail = lc_thread_buffer(LC_BUFFER_PACK, (size_t)TAIL_MAX * k + NR_MAX);
+    pack_tail_packed(k, n, tail_columns(n, nr, wide), packed, nr, tail);
+    return tail;
+}
+
+// prepacked: b is B in the packed layout (rsb, csb unused).
+static void row_tile_product(int m, int n, int k, const float *a, const float *b, long rsb, long csb, int prepacked,
                              float *c, long ldc, const lc_epilogue *e, int wide, int nr) {
-    float *packed = whole_b_buffer(k, n, nr, wide, b, rsb, csb);
-    pack_b(k, n, nr, b, rsb, csb, packed);
-    row_tiles(0, m, m, n, 0, k, a, packed, c, ldc, e, wide, nr);
+    const float *packed = b, *tail;
+    if (prepacked) {
+        tail = packed_tail(k, n, nr, wide, b);
+    } else {
+        float *buffer = whole_b_buffer(k, n, nr, wide, b, rsb, csb);
+        pack_b(k, n, nr, b, rsb, csb, buffer);
+        packed = buffer;
+        tail = buffer + (long)k * ((n + nr - 1) / nr * nr);
+    }
+    row_tiles(0, m, m, n, 0, k, a, packed, tail, c, ldc, e, wide, nr);
 }
 
 // The same product over the pool: B packed once into the caller's buffer (one task per panel),
@@ -492,24 +530,25 @@ typedef struct {
     int m, n, j0, k, nr, wide, chunk;
     const float *a, *b;
     long rsb, csb, ldc;
-    float *c, *packed;
+    float *c;
+    const float *packed, *tail;
     const lc_epilogue *e;
 } shared_b_job;
 
 static void pack_panel_task(void *p, long i) {
     const shared_b_job *j = p;
     int j0 = (int)i * j->nr, w = j->n - j0 < j->nr ? j->n - j0 : j->nr;
-    pack_b(j->k, w, j->nr, j->b + (long)j0 * j->csb, j->rsb, j->csb, j->packed + (long)j0 * j->k);
+    pack_b(j->k, w, j->nr, j->b + (long)j0 * j->csb, j->rsb, j->csb, (float *)j->packed + (long)j0 * j->k);
 }
 
 static void row_chunk_task(void *p, long i) {
     const shared_b_job *j = p;
     int r0 = (int)i * j->chunk, r1 = r0 + j->chunk < j->m ? r0 + j->chunk : j->m;
-    row_tiles(r0, r1, j->m, j->n, j->j0, j->k, j->a, j->packed, j->c, j->ldc, j->e, j->wide, j->nr);
+    row_tiles(r0, r1, j->m, j->n, j->j0, j->k, j->a, j->packed, j->tail, j->c, j->ldc, j->e, j->wide, j->nr);
 }
 
-int lc_sgemm_parallel_rows(int m, int n, int k, const float *a, long rsa, long csa, const float *b, long rsb, long csb,
-                           float *c, long ldc, const lc_epilogue *e) {
+static int parallel_rows(int m, int n, int k, const float *a, long rsa, long csa, const float *b, long rsb, long csb,
+                         int prepacked, float *c, long ldc, const lc_epilogue *e) {
     if (m <= 0 || n <= 0 || detect() == 0) return 0;
     int wide = isa == 2, nr = wide ? 32 : 16, cores = lc_pool_threads();
     if (cores < 2) return 0;
@@ -520,38 +559,60 @@ int lc_sgemm_parallel_rows(int m, int n, int k, const float *a, long rsa, long c
     if (chunk < 4 * MR) chunk = 4 * MR;
     for (int j0 = 0; j0 < n; j0 += width) {
         int w = n - j0 < width ? n - j0 : width;
-        shared_b_job job = {m, w, j0, k, nr, wide, chunk, a, b + (long)j0 * csb, rsb, csb, ldc, c, NULL, e};
-        job.packed = whole_b_buffer(k, w, nr, wide, job.b, rsb, csb);
-        lc_parallel((w + nr - 1) / nr, pack_panel_task, &job);
+        shared_b_job job = {m, w, j0, k, nr, wide, chunk, a, NULL, rsb, csb, ldc, c, NULL, NULL, e};
+        if (prepacked) {
+            job.packed = b + (long)j0 * k;   /* j0 is a multiple of nr: panel j0 / nr */
+            job.tail = packed_tail(k, w, nr, wide, job.packed);
+        } else {
+            job.b = b + (long)j0 * csb;
+            float *buffer = whole_b_buffer(k, w, nr, wide, job.b, rsb, csb);
+            job.packed = buffer;
+            job.tail = buffer + (long)k * ((w + nr - 1) / nr * nr);
+            lc_parallel((w + nr - 1) / nr, pack_panel_task, &job);
+        }
         lc_parallel((m + chunk - 1) / chunk, row_chunk_task, &job);
     }
     return 1;
 }
 
-void lc_sgemm_strided(int m, int n, int k, const float *a, long rsa, long csa, const float *b, long rsb, long csb,
-                      float *c, long ldc, const lc_epilogue *e) {
+int lc_sgemm_parallel_rows(int m, int n, int k, const float *a, long rsa, long csa, const float *b, long rsb, long csb,
+                           float *c, long ldc, const lc_epilogue *e) {
+    return parallel_rows(m, n, k, a, rsa, csa, b, rsb, csb, 0, c, ldc, e);
+}
+
+int lc_sgemm_parallel_rows_packed_b(int m, int n, int k, const float *a, long rsa, long csa, const float *packed_b,
+                                    float *c, long ldc, const lc_epilogue *e) {
+    return parallel_rows(m, n, k, a, rsa, csa, packed_b, 0, 0, 1, c, ldc, e);
+}
+
+int lc_sgemm_panel_width(void) { return detect() == 2 ? 32 : 16; }
+
+// prepacked: b is B in the packed layout (whole K per panel): each K block of a panel is read
+// where it lies instead of being packed.
+static void sgemm(int m, int n, int k, const float *a, long rsa, long csa, const float *b, long rsb, long csb, int prepacked,
+                  float *c, long ldc, const lc_epilogue *e) {
     if (m <= 0 || n <= 0 || detect() == 0) return;
     int wide = isa == 2;
     int nr = wide ? 32 : 16;
-    if (streams_a(m, n, k, rsa, csa, nr)) { row_tile_product(m, n, k, a, b, rsb, csb, c, ldc, e, wide, nr); return; }
+    if (streams_a(m, n, k, rsa, csa, nr)) { row_tile_product(m, n, k, a, b, rsb, csb, prepacked, c, ldc, e, wide, nr); return; }
     int kc_cap = wide ? 256 : 384;
     int kblocks = k <= 0 ? 1 : (k + kc_cap - 1) / kc_cap;
     int kc_max = k <= 0 ? 0 : (k + kblocks - 1) / kblocks;
     int ncap = n < NC ? n : NC;
     size_t need = (size_t)kc_max * (size_t)((ncap + nr - 1) / nr * nr) + NR_MAX;
-    float *pack_buffer = lc_thread_buffer(LC_BUFFER_PACK, need);
+    float *pack_buffer = prepacked ? NULL : lc_thread_buffer(LC_BUFFER_PACK, need);
     float tile[MR * NR_MAX] __attribute__((aligned(64)));
     for (int jc = 0; jc < n; jc += NC) {
         int nc = n - jc < NC ? n - jc : NC;
         for (int kb = 0, pc = 0; kb < kblocks; kb++) {
             int kc = kb == kblocks - 1 ? k - pc : kc_max;
             int first = kb == 0, last = kb == kblocks - 1;
-            pack_b(kc, nc, nr, b + (long)pc * rsb + (long)jc * csb, rsb, csb, pack_buffer);
+            if (!prepacked) pack_b(kc, nc, nr, b + (long)pc * rsb + (long)jc * csb, rsb, csb, pack_buffer);
             for (int ic = 0; ic < m; ic += MC) {
                 int mc = m - ic < MC ? m - ic : MC;
                 for (int jr = 0; jr < nc; jr += nr) {
                     int w = nc - jr < nr ? nc - jr : nr;
-                    const float *bp = pack_buffer + (long)jr * kc;
+                    const float *bp = prepacked ? b + (long)(jc + jr) * k + (long)pc * nr : pack_buffer + (long)jr * kc;
                     for (int ir = 0; ir < mc; ir += MR) {
                         int h = mc - ir < MR ? mc - ir : MR;
                         const float *ap = a + (long)(ic + ir) * rsa + (long)pc * csa;
@@ -567,6 +628,16 @@ void lc_sgemm_strided(int m, int n, int k, const float *a, long rsa, long csa, c
             pc += kc;
         }
     }
+}
+
+void lc_sgemm_strided(int m, int n, int k, const float *a, long rsa, long csa, const float *b, long rsb, long csb,
+                      float *c, long ldc, const lc_epilogue *e) {
+    sgemm(m, n, k, a, rsa, csa, b, rsb, csb, 0, c, ldc, e);
+}
+
+void lc_sgemm_packed_b(int m, int n, int k, const float *a, long rsa, long csa, const float *packed_b,
+                       float *c, long ldc, const lc_epilogue *e) {
+    sgemm(m, n, k, a, rsa, csa, packed_b, 0, 0, 1, c, ldc, e);
 }
 
 void lc_sgemm(int m, int n, int k, const float *a, long lda, const float *b, long ldb,

@@ -56,7 +56,8 @@ final class FusedPathTests: XCTestCase {
             func run(_ block: ConvNeXtBlock) -> [Float] {
                 let ws = Workspace(pool: nil)
                 let x = Buffer([dim, p], input)
-                let scratch = ConvNeXtBlock.Scratch(t: ws.zeros([dim, p]), hidden: ws.zeros([4 * dim, p]))
+                // Room for the hidden layer's whole panels: the fused path keeps it packed.
+                let scratch = ConvNeXtBlock.Scratch(t: ws.zeros([dim, p]), hidden: ws.zeros([4 * dim, Kernels.PackedColumns.count(rows: 1, columns: p)]))
                 return block.forward(x, dim: dim, batch: b, h: h, w: w, eps: 1e-6, scratch: scratch, ws: ws, cache: nil).array
             }
             let a = run(fused), e = run(plain)
@@ -187,10 +188,13 @@ final class FusedPathTests: XCTestCase {
         // (1400, 37, 400): each core's rows of A exceed 1 MiB with few columns, the row-tile path
         // (K whole, every panel per tile of A, the next tile prefetched), with an edge tile;
         // (1400, 50, 400): its last panel as 16 columns and two dot-product columns (K not a
-        // multiple of 16); (500, 700, 600) and (450, 690, 600): B too large to pack whole, so in
-        // two chunks of columns, the second ending in an edge panel, or in 16 + 2 columns.
+        // multiple of 16); (1400, 36, 400) and (1400, 3, 400): a last panel of 4 or 3 columns, all
+        // dot products; (500, 700, 600), (450, 690, 600) and (450, 676, 600): B too large to pack
+        // whole, so in two chunks of columns, the second ending in an edge panel, in 16 + 2
+        // columns, or in 4 columns.
         for (m, n, k) in [(1, 1, 1), (7, 5, 3), (6, 16, 96), (13, 37, 400), (96, 49, 768), (40, 300, 1000), (200, 130, 64), (5, 9, 0),
-                          (1400, 37, 400), (1400, 50, 400), (500, 700, 600), (450, 690, 600)] {
+                          (1400, 37, 400), (1400, 50, 400), (1400, 36, 400), (1400, 3, 400), (500, 700, 600), (450, 690, 600),
+                          (450, 676, 600)] {
             let a = random(m * k), b = random(k * n), bias = random(m), scale = random(m), d0 = random(m * n)
             // The reference product in double precision, by the definition (independent of every kernel).
             var want = [Float](repeating: 0, count: m * n)
@@ -223,6 +227,28 @@ final class FusedPathTests: XCTestCase {
                 }
                 check("residual", d, (0..<(m * n)).map { d0[$0] + scale[$0 / n] * (want[$0] + bias[$0 / n]) })
             }
+            // The packed layout: C written packed (bias + GELU, as fc1 writes the hidden layer),
+            // and B read packed (as fc2 reads it), with NaN where the products must not look.
+            let width = Kernels.PackedColumns.width, padded = Kernels.PackedColumns.count(rows: 1, columns: n)
+            func unpack(_ q: [Float], rows: Int) -> [Float] {
+                (0..<(rows * n)).map { q[($0 % n) / width * rows * width + ($0 / n) * width + ($0 % n) % width] }
+            }
+            // (Buffers: 64-byte aligned, as the kernels read packed panels.)
+            let packedC = Buffer([m, padded], [Float](repeating: .nan, count: m * padded))
+            bias.withUnsafeBufferPointer { bp in   // (packedC is used below: alive throughout)
+                Kernels.fusedGEMM(a, b, packedC.data, m: m, n: n, k: k, epilogue: .biasGELU(bias: bp.baseAddress!), packedC: true)
+            }
+            var g = (0..<(m * n)).map { want[$0] + bias[$0 / n] }
+            Kernels.gelu(&g, count: g.count)
+            check("bias+gelu packed C", unpack(packedC.array, rows: m), g)
+            XCTAssertEqual(packedC.array.filter { $0.isNaN }.count, 0, "\(isa) m \(m) n \(n): the padding is zeroed")
+            var packedB = [Float](repeating: 0, count: k * padded)
+            for p in 0..<k { for j in 0..<n { packedB[j / width * k * width + p * width + j % width] = b[p * n + j] } }
+            let packedBBuffer = Buffer([k, padded], packedB)
+            withExtendedLifetime(packedBBuffer) {
+                Kernels.fusedGEMM(a, packedBBuffer.data, &c, m: m, n: n, k: k, epilogue: .store(bias: nil), packedB: true)
+            }
+            check("packed B", c, want)
             // Transposed operands (training's products): A stored [K x M], B stored [N x K].
             let at = (0..<(k * m)).map { a[($0 % m) * k + $0 / m] }, bt = (0..<(n * k)).map { b[($0 % k) * n + $0 / k] }
             Kernels.gemm(at, bt, &c, m: m, n: n, k: k, transA: true, transB: true)

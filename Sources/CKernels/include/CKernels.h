@@ -27,6 +27,11 @@ typedef struct {
     const float *scale;   /* RESIDUAL: per row */
     float *dst;           /* RESIDUAL: D */
     long ldd;
+    /* STORE and BIAS_GELU: 0 for C row-major (ldc); else C in the packed layout a product reads
+       its B in (`lc_sgemm_panel_width()` columns per panel, each panel `panel` floats: rows x
+       width): element (r, j) at c[(j / packed) * panel + r * packed + j % packed]. */
+    int packed;
+    long panel;
 } lc_epilogue;
 
 /// 1 when the CPU has AVX2 and FMA.
@@ -49,6 +54,20 @@ void lc_sgemm_strided(int m, int n, int k, const float *a, long rsa, long csa, c
 /// B packed once, rows claimed in chunks. Returns 0 without doing anything for other products.
 int lc_sgemm_parallel_rows(int m, int n, int k, const float *a, long rsa, long csa, const float *b, long rsb, long csb,
                            float *c, long ldc, const lc_epilogue *epilogue);
+
+/// Columns per panel of B's packed layout (32 with AVX-512, 16 with AVX2): panel q holds columns
+/// [q * width, q * width + width) for every row of K, `width` floats per row, K * width floats
+/// per panel, the last one's missing columns zero. An epilogue with `packed` writes it.
+int lc_sgemm_panel_width(void);
+
+/// As `lc_sgemm_strided` with B already in the packed layout (`lc_sgemm_panel_width()`): a hidden
+/// layer written packed by the product before (fc1) read without packing it again (fc2).
+void lc_sgemm_packed_b(int m, int n, int k, const float *a, long rsa, long csa, const float *packed_b,
+                       float *c, long ldc, const lc_epilogue *epilogue);
+
+/// As `lc_sgemm_parallel_rows` with B already packed (as `lc_sgemm_packed_b`).
+int lc_sgemm_parallel_rows_packed_b(int m, int n, int k, const float *a, long rsa, long csa, const float *packed_b,
+                                    float *c, long ldc, const lc_epilogue *epilogue);
 
 /// C[M x N] <- epilogue(A[M x K] * B[K x N]); all row-major with leading dimensions lda, ldb,
 /// ldc. Runs on the calling thread (callers split M or N over the cores).

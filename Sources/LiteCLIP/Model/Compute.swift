@@ -97,20 +97,49 @@ public enum Kernels {
     }
 
     /// `C[M x N] = epilogue(A[M x K] * B[K x N])`, row-major, on our sgemm (callers check
-    /// `useOwnGEMM`).
+    /// `useOwnGEMM`). `packedC`: C is written in the packed layout a product reads its B in
+    /// (`PackedColumns`; store and bias + GELU only); `packedB`: B arrives in it (so fc1 writes the
+    /// hidden layer as fc2 reads it, and fc2 does not pack it again).
     static func fusedGEMM(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>,
-                          m: Int, n: Int, k: Int, epilogue: Epilogue) {
-        product(a, b, c, m: m, n: n, k: k, transA: false, transB: false, epilogue: epilogue.c(columns: n))
+                          m: Int, n: Int, k: Int, epilogue: Epilogue, packedB: Bool = false, packedC: Bool = false) {
+        var e = epilogue.c(columns: n)
+        precondition(!packedB || Int(bitPattern: b) % 64 == 0, "a packed B must be 64-byte aligned (the kernels' aligned loads)")
+        if packedC {
+            precondition(e.kind == Int32(LC_EPILOGUE_STORE) || e.kind == Int32(LC_EPILOGUE_BIAS_GELU), "packed C with a residual epilogue")
+            PackedColumns.zeroPadding(c, rows: m, columns: n)
+            e.packed = Int32(PackedColumns.width)
+            e.panel = m * PackedColumns.width
+        }
+        product(a, b, c, m: m, n: n, k: k, transA: false, transB: false, epilogue: e, packedB: packedB)
+    }
+
+    /// The packed layout of a product's B (`lc_sgemm_panel_width`): panels of `width` columns,
+    /// each all K rows of `width` floats, the last one's missing columns zero. A hidden layer
+    /// written this way by fc1 is read by fc2 where it lies (formats/kernels.md, "Packed hidden").
+    enum PackedColumns {
+        static var width: Int { Int(lc_sgemm_panel_width()) }   // (tests switch the micro-kernel)
+
+        /// Floats of a `rows x columns` matrix in the packed layout.
+        static func count(rows: Int, columns: Int) -> Int { rows * ((columns + width - 1) / width * width) }
+
+        /// Zeroes the missing columns of the last panel (the products never write them, and read them).
+        static func zeroPadding(_ c: UnsafeMutablePointer<Float>, rows: Int, columns: Int) {
+            let used = columns % width
+            guard used != 0 else { return }
+            let last = c + (columns / width) * rows * width
+            for r in 0..<rows { (last + r * width + used).update(repeating: 0, count: width - used) }
+        }
     }
 
     /// The one driver: splits the product over the cores (columns in multiples of 32 when there
     /// are enough, else rows in multiples of 6) and runs each part on our sgemm, or on OpenBLAS
     /// for the plain store / accumulate epilogues when ours is not in use.
     private static func product(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>,
-                                m: Int, n: Int, k: Int, transA: Bool, transB: Bool, epilogue e: lc_epilogue) {
+                                m: Int, n: Int, k: Int, transA: Bool, transB: Bool, epilogue e: lc_epilogue, packedB: Bool = false) {
         let own = useOwnGEMM
         precondition(own || (e.bias == nil && (e.kind == Int32(LC_EPILOGUE_STORE) || e.kind == Int32(LC_EPILOGUE_ACCUMULATE))),
                      "fused epilogue without our sgemm")
+        precondition(own || (!packedB && e.packed == 0), "packed operands without our sgemm")
         // OpenBLAS (loaded on first use, one thread: the split below uses the cores) where ours cannot run.
         if !own && lc_blas_available() == 0 {
             fatalError("this CPU has no AVX2 and OpenBLAS (libopenblas0) is not installed: install it to run liteclip here")
@@ -120,10 +149,17 @@ public enum Kernels {
         let (rsb, csb) = transB ? (1, k) : (n, 1)
         func run(_ rows: Range<Int>, _ cols: Range<Int>) {
             guard !rows.isEmpty, !cols.isEmpty else { return }
-            let ap = a + rows.lowerBound * rsa, bp = b + cols.lowerBound * csb, cp = c + rows.lowerBound * n + cols.lowerBound
+            // Parts split by columns start on a multiple of 32: a whole panel of a packed B or C.
+            let ap = a + rows.lowerBound * rsa, bp = b + cols.lowerBound * (packedB ? k : csb)
+            let cp = e.packed != 0 ? c + (cols.lowerBound / Int(e.packed)) * e.panel + rows.lowerBound * Int(e.packed)
+                                   : c + rows.lowerBound * n + cols.lowerBound
             if own {
                 withUnsafePointer(to: Epilogue.part(e, row: rows.lowerBound, column: cols.lowerBound, columns: n)) {
-                    lc_sgemm_strided(Int32(rows.count), Int32(cols.count), Int32(k), ap, rsa, csa, bp, rsb, csb, cp, n, $0)
+                    if packedB {
+                        lc_sgemm_packed_b(Int32(rows.count), Int32(cols.count), Int32(k), ap, rsa, csa, bp, cp, n, $0)
+                    } else {
+                        lc_sgemm_strided(Int32(rows.count), Int32(cols.count), Int32(k), ap, rsa, csa, bp, rsb, csb, cp, n, $0)
+                    }
                 }
             } else {
                 lc_blas_sgemm(transA ? 1 : 0, transB ? 1 : 0, Int32(rows.count), Int32(cols.count), Int32(k), ap, Int32(transA ? m : k),
@@ -131,8 +167,10 @@ public enum Kernels {
             }
         }
         // Products that stream a large A over few columns: B packed once, rows claimed in chunks (sgemm.c).
-        if own && m * n * k >= 2_000_000,
-           withUnsafePointer(to: e, { lc_sgemm_parallel_rows(Int32(m), Int32(n), Int32(k), a, rsa, csa, b, rsb, csb, c, n, $0) }) != 0 {
+        if own && m * n * k >= 2_000_000, withUnsafePointer(to: e, {
+            packedB ? lc_sgemm_parallel_rows_packed_b(Int32(m), Int32(n), Int32(k), a, rsa, csa, b, c, n, $0)
+                    : lc_sgemm_parallel_rows(Int32(m), Int32(n), Int32(k), a, rsa, csa, b, rsb, csb, c, n, $0)
+        }) != 0 {
             return
         }
         split(m: m, n: n, k: k, run)
@@ -190,13 +228,18 @@ public enum Kernels {
         // Blocks are claimed one at a time, so a core that loses time to another thread (image
         // decoding in a pipelined folder) takes fewer of them instead of holding up the pass.
         parallel(blocks) { b in
+            // The hidden block in the packed layout: fc1 writes it as fc2 reads it (width is a
+            // multiple of 32, so a block holds whole panels but the last block's last one).
             let h = lc_task_scratch(h4 * width)!
             let j0 = b * width, n = min(width, p - j0)
-            withUnsafePointer(to: Epilogue.biasGELU(bias: b1).c(columns: n)) {
+            PackedColumns.zeroPadding(h, rows: h4, columns: n)
+            var e1 = Epilogue.biasGELU(bias: b1).c(columns: n)
+            (e1.packed, e1.panel) = (Int32(PackedColumns.width), h4 * PackedColumns.width)
+            withUnsafePointer(to: e1) {
                 lc_sgemm_strided(Int32(h4), Int32(n), Int32(dim), w1, dim, 1, t + j0, p, 1, h, n, $0)
             }
             withUnsafePointer(to: Epilogue.residual(bias: b2, scale: gamma, into: x + j0).c(columns: p)) {   // D's row stride: p
-                lc_sgemm_strided(Int32(dim), Int32(n), Int32(h4), w2, h4, 1, h, n, 1, t + j0, p, $0)
+                lc_sgemm_packed_b(Int32(dim), Int32(n), Int32(h4), w2, h4, 1, h, t + j0, p, $0)
             }
         }
     }

@@ -70,11 +70,24 @@ struct ConvNeXtBlock {
                 return x
             }
             let hidden = scratch.hidden
+            // f32 weights: the hidden layer in the packed layout, written by fc1 as fc2 reads it
+            // (when the scratch has room for its whole panels, as the tower's has).
+            let packed = !int8 && hidden.count >= Kernels.PackedColumns.count(rows: h4, columns: p)
             Kernels.timed("fc1 C->4C + bias + GELU", flops: mlp) {
-                Kernels.fusedProduct(fc1.weight, t.data, hidden.data, n: p, epilogue: .biasGELU(bias: fc1.bias.data))
+                if packed {
+                    Kernels.fusedGEMM(fc1.weight.data, t.data, hidden.data, m: h4, n: p, k: dim, epilogue: .biasGELU(bias: fc1.bias.data),
+                                      packedC: true)
+                } else {
+                    Kernels.fusedProduct(fc1.weight, t.data, hidden.data, n: p, epilogue: .biasGELU(bias: fc1.bias.data))
+                }
             }
             Kernels.timed("fc2 4C->C + layer scale + residual", flops: mlp) {
-                Kernels.fusedProduct(fc2.weight, hidden.data, t.data, n: p, epilogue: .residual(bias: fc2.bias.data, scale: gamma.data, into: x.data))
+                let e = Kernels.Epilogue.residual(bias: fc2.bias.data, scale: gamma.data, into: x.data)
+                if packed {
+                    Kernels.fusedGEMM(fc2.weight.data, hidden.data, t.data, m: dim, n: p, k: h4, epilogue: e, packedB: true)
+                } else {
+                    Kernels.fusedProduct(fc2.weight, hidden.data, t.data, n: p, epilogue: e)
+                }
             }
             return x
         }
@@ -227,10 +240,12 @@ public struct ConvNeXt: Sendable {
             }
             cache?.sizes.append((h, w))
             let p = b * h * w
+            // Inference may keep the hidden layer packed: whole panels of columns (Kernels.PackedColumns).
+            let paddedColumns = Kernels.useOwnGEMM ? Kernels.PackedColumns.count(rows: 1, columns: p) : p
             // Both are written in full before they are read (the depthwise pass writes t, fc1 or the
             // GELU writes hidden): not zeroed.
             let scratch = ConvNeXtBlock.Scratch(t: cache == nil ? ws.uninitialized([dim, p]) : nil,
-                                                hidden: ws.uninitialized([c.mlpRatio * dim, p]))
+                                                hidden: ws.uninitialized([c.mlpRatio * dim, cache == nil ? paddedColumns : p]))
             var caches: [ConvNeXtBlock.Cache] = []
             for block in stage.blocks {
                 let bc = cache.map { _ in ConvNeXtBlock.Cache() }
