@@ -129,43 +129,42 @@ void lc_dwconv_layernorm(const float *x, int channels, int batch, int h, int w, 
 
 // The depthwise conv's weight gradient for channels [c0, c1): dW[c][ky][kx] += sum over images,
 // rows and columns of x_padded[r + ky][j + kx] * dy[r][j] (each image's sum in float, added in
-// double, as the Swift loop it replaces). Four taps at a time share each load of dy.
+// double, as the Swift loop it replaces). Four taps at a time share each load of dy. Each row of
+// dy is copied zero-padded to whole vectors, so rows narrower than a vector (14 and 7 columns)
+// and the ends of the others run as vectors too (the padding adds zeros).
 #define DWGRAD_IMPL(NAME, TARGET, VW)                                                                   \
 __attribute__((target(TARGET)))                                                                         \
 static void NAME(const float *x, const float *dy, int C, int B, int H, int W, int K, int c0, int c1,    \
                  float *dw) {                                                                           \
     typedef float vf __attribute__((vector_size(VW * 4)));                                              \
-    const int pad = K / 2, PW = W + 2 * pad + VW, PH = H + 2 * pad;                                     \
+    const int pad = K / 2, PW = W + 2 * pad + VW, PH = H + 2 * pad, GW = (W + VW - 1) / VW * VW;        \
     const long HW = (long)H * W;                                                                        \
-    float *s = scratch((size_t)PH * PW + VW);                                                           \
+    float *s = scratch((size_t)PH * PW + VW + (size_t)H * GW);                                          \
+    float *gp = s + (size_t)PH * PW + VW;   /* dy, rows padded to GW */                                 \
     double acc[64];                                                                                     \
+    memset(s, 0, sizeof(float) * ((size_t)PH * PW + VW + (size_t)H * GW));                              \
     for (int c = c0; c < c1; c++) {                                                                     \
         for (int i = 0; i < K * K; i++) acc[i] = 0;                                                     \
         for (int b = 0; b < B; b++) {                                                                   \
             const float *plane = x + ((long)c * B + b) * HW, *g = dy + ((long)c * B + b) * HW;          \
-            memset(s, 0, sizeof(float) * ((size_t)PH * PW + VW));                                       \
+            /* borders and padding stay zero: only the image parts are written */                      \
             for (int r = 0; r < H; r++) memcpy(s + (long)(r + pad) * PW + pad, plane + (long)r * W, sizeof(float) * W); \
+            for (int r = 0; r < H; r++) memcpy(gp + (long)r * GW, g + (long)r * W, sizeof(float) * W); \
             for (int ky = 0; ky < K; ky++) {                                                            \
                 for (int kx0 = 0; kx0 < K; kx0 += 4) {                                                  \
                     int nt = K - kx0 < 4 ? K - kx0 : 4;                                                 \
                     vf a0 = {}, a1 = {}, a2 = {}, a3 = {};                                              \
-                    float t0 = 0, t1 = 0, t2 = 0, t3 = 0;                                               \
                     for (int r = 0; r < H; r++) {                                                       \
-                        const float *src = s + (long)(r + ky) * PW + kx0, *gr = g + (long)r * W;        \
-                        int j = 0;                                                                      \
-                        for (; j + VW <= W; j += VW) {                                                  \
+                        const float *src = s + (long)(r + ky) * PW + kx0, *gr = gp + (long)r * GW;      \
+                        for (int j = 0; j < GW; j += VW) {                                              \
                             vf gv, v0, v1, v2, v3;                                                      \
                             memcpy(&gv, gr + j, sizeof gv);                                             \
                             memcpy(&v0, src + j, sizeof v0); memcpy(&v1, src + j + 1, sizeof v1);       \
                             memcpy(&v2, src + j + 2, sizeof v2); memcpy(&v3, src + j + 3, sizeof v3);   \
                             a0 += v0 * gv; a1 += v1 * gv; a2 += v2 * gv; a3 += v3 * gv;                 \
                         }                                                                               \
-                        for (; j < W; j++) {                                                            \
-                            float gj = gr[j];                                                           \
-                            t0 += src[j] * gj; t1 += src[j + 1] * gj; t2 += src[j + 2] * gj; t3 += src[j + 3] * gj; \
-                        }                                                                               \
                     }                                                                                   \
-                    float tot[4] = {t0, t1, t2, t3};                                                    \
+                    float tot[4] = {0, 0, 0, 0};                                                        \
                     for (int l = 0; l < VW; l++) { tot[0] += a0[l]; tot[1] += a1[l]; tot[2] += a2[l]; tot[3] += a3[l]; } \
                     for (int q = 0; q < nt; q++) acc[ky * K + kx0 + q] += (double)tot[q];               \
                 }                                                                                       \

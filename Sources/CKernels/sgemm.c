@@ -45,6 +45,48 @@ void lc_sgemm_force_isa(int level) {
     if (level <= isa) isa = level;
 }
 
+// dst[i][j] = src[j][i] for an 8 x 8 block (row strides ss and ds): 8 rows of 8 loaded and
+// transposed in registers.
+__attribute__((target("avx2,fma")))
+static inline void transpose8x8(const float *src, long ss, float *dst, long ds) {
+    __m256 r0 = _mm256_loadu_ps(src), r1 = _mm256_loadu_ps(src + ss);
+    __m256 r2 = _mm256_loadu_ps(src + 2 * ss), r3 = _mm256_loadu_ps(src + 3 * ss);
+    __m256 r4 = _mm256_loadu_ps(src + 4 * ss), r5 = _mm256_loadu_ps(src + 5 * ss);
+    __m256 r6 = _mm256_loadu_ps(src + 6 * ss), r7 = _mm256_loadu_ps(src + 7 * ss);
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_storeu_ps(dst, _mm256_permute2f128_ps(s0, s4, 0x20));
+    _mm256_storeu_ps(dst + ds, _mm256_permute2f128_ps(s1, s5, 0x20));
+    _mm256_storeu_ps(dst + 2 * ds, _mm256_permute2f128_ps(s2, s6, 0x20));
+    _mm256_storeu_ps(dst + 3 * ds, _mm256_permute2f128_ps(s3, s7, 0x20));
+    _mm256_storeu_ps(dst + 4 * ds, _mm256_permute2f128_ps(s0, s4, 0x31));
+    _mm256_storeu_ps(dst + 5 * ds, _mm256_permute2f128_ps(s1, s5, 0x31));
+    _mm256_storeu_ps(dst + 6 * ds, _mm256_permute2f128_ps(s2, s6, 0x31));
+    _mm256_storeu_ps(dst + 7 * ds, _mm256_permute2f128_ps(s3, s7, 0x31));
+}
+
+int lc_transpose_columns(const float *w, int rows, int columns, int c0, int c1, float *wt) {
+    if (detect() == 0) return 0;
+    // 32-row blocks down the band, 8 x 8 blocks inside; edges element by element.
+    for (int r0 = 0; r0 < rows; r0 += 32) {
+        int r1 = r0 + 32 < rows ? r0 + 32 : rows;
+        int c = c0;
+        for (; c + 8 <= c1; c += 8) {
+            int r = r0;
+            for (; r + 8 <= r1; r += 8) transpose8x8(w + (long)r * columns + c, columns, wt + (long)c * rows + r, rows);
+            for (; r < r1; r++) for (int i = 0; i < 8; i++) wt[(long)(c + i) * rows + r] = w[(long)r * columns + c + i];
+        }
+        for (; c < c1; c++) for (int r = r0; r < r1; r++) wt[(long)c * rows + r] = w[(long)r * columns + c];
+    }
+    return 1;
+}
+
 // Packs B[pc.., jc..] (kc x nc, element (p, j) at b[p*rsb + j*csb]) into nr-wide panels.
 __attribute__((target("avx2,fma")))
 static void pack_b(int kc, int nc, int nr, const float *b, long rsb, long csb, float *packed) {
@@ -74,29 +116,7 @@ static void pack_b(int kc, int nc, int nr, const float *b, long rsb, long csb, f
             for (; q + 8 <= w; q += 8) {
                 const float *src = b + (long)(j + q) * csb;
                 int p = 0;
-                for (; p + 8 <= kc; p += 8) {
-                    __m256 r0 = _mm256_loadu_ps(src + p), r1 = _mm256_loadu_ps(src + csb + p);
-                    __m256 r2 = _mm256_loadu_ps(src + 2 * csb + p), r3 = _mm256_loadu_ps(src + 3 * csb + p);
-                    __m256 r4 = _mm256_loadu_ps(src + 4 * csb + p), r5 = _mm256_loadu_ps(src + 5 * csb + p);
-                    __m256 r6 = _mm256_loadu_ps(src + 6 * csb + p), r7 = _mm256_loadu_ps(src + 7 * csb + p);
-                    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
-                    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
-                    __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
-                    __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
-                    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-                    __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-                    __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-                    __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-                    float *d = dst + (long)p * nr + q;
-                    _mm256_store_ps(d, _mm256_permute2f128_ps(s0, s4, 0x20));
-                    _mm256_store_ps(d + nr, _mm256_permute2f128_ps(s1, s5, 0x20));
-                    _mm256_store_ps(d + 2 * nr, _mm256_permute2f128_ps(s2, s6, 0x20));
-                    _mm256_store_ps(d + 3 * nr, _mm256_permute2f128_ps(s3, s7, 0x20));
-                    _mm256_store_ps(d + 4 * nr, _mm256_permute2f128_ps(s0, s4, 0x31));
-                    _mm256_store_ps(d + 5 * nr, _mm256_permute2f128_ps(s1, s5, 0x31));
-                    _mm256_store_ps(d + 6 * nr, _mm256_permute2f128_ps(s2, s6, 0x31));
-                    _mm256_store_ps(d + 7 * nr, _mm256_permute2f128_ps(s3, s7, 0x31));
-                }
+                for (; p + 8 <= kc; p += 8) transpose8x8(src + p, csb, dst + (long)p * nr + q, nr);
                 for (; p < kc; p++) for (int i = 0; i < 8; i++) dst[(long)p * nr + q + i] = src[(long)i * csb + p];
             }
             for (; q < nr; q++) {
@@ -186,6 +206,9 @@ void lc_finish_row512(__m512 v0, __m512 v1, int row, float *cr, float *dr, const
     if (last) {
         if (e->bias) { __m512 b = _mm512_set1_ps(e->bias[row]); v0 = _mm512_add_ps(v0, b); v1 = _mm512_add_ps(v1, b); }
         if (e->kind == LC_EPILOGUE_BIAS_GELU) { v0 = gelu16(v0); v1 = gelu16(v1); }
+        if (e->kind == LC_EPILOGUE_BIAS_GELU_KEEP) {
+            _mm512_storeu_ps(dr, gelu16(v0)); _mm512_storeu_ps(dr + 16, gelu16(v1));
+        }
         if (e->kind == LC_EPILOGUE_RESIDUAL) {
             __m512 sc = _mm512_set1_ps(e->scale[row]);
             _mm512_storeu_ps(dr, _mm512_add_ps(_mm512_loadu_ps(dr), _mm512_mul_ps(sc, v0)));
@@ -279,7 +302,7 @@ static void kernel_avx512(int kc, int mr, const float *a, long rsa, long csa, co
     if (c) {
         int addC = e->kind == LC_EPILOGUE_ACCUMULATE || !first;
         float *cr = lc_c_at(c, ldc, e, r, j);
-        float *dr = e->kind == LC_EPILOGUE_RESIDUAL ? e->dst + (long)r * e->ldd + j : NULL;
+        float *dr = e->dst ? e->dst + (long)r * e->ldd + j : NULL;   /* RESIDUAL, BIAS_GELU_KEEP */
         long dd = e->ldd, cs = lc_c_step(ldc, e);
         lc_finish_row512(c00, c01, r + 0, cr, dr, e, addC, last); cr += cs; if (dr) dr += dd;
         lc_finish_row512(c10, c11, r + 1, cr, dr, e, addC, last); cr += cs; if (dr) dr += dd;
@@ -324,6 +347,11 @@ void lc_tile_epilogue(const float *tile, int mr, int nr, int r, int j, float *c,
         }
         if (kind == LC_EPILOGUE_BIAS_GELU) {
             for (int q = 0; q < nr; q += 8) _mm256_store_ps(row + q, gelu8(_mm256_load_ps(row + q)));
+        }
+        if (kind == LC_EPILOGUE_BIAS_GELU_KEEP) {
+            float act[NR_MAX] __attribute__((aligned(32)));
+            for (int q = 0; q < nr; q += 8) _mm256_store_ps(act + q, gelu8(_mm256_load_ps(row + q)));
+            memcpy(e->dst + (long)(r + i) * e->ldd + j, act, (size_t)nr * sizeof(float));
         }
         if (kind == LC_EPILOGUE_RESIDUAL) {
             float *dr = e->dst + (long)(r + i) * e->ldd + j;

@@ -156,7 +156,8 @@ final class FusedPathTests: XCTestCase {
     func testTransposedWeightInputGradientEqualsTransposedRead() {
         forEachKernel { isa in
             var rng = SeededRNG(seed: 13)
-            for (out, inp, p) in [(384, 192, 300), (96, 768, 257), (1536, 384, 40)] {
+            // (300, 227, 260): neither dimension of W a multiple of 8 (the transpose's edges).
+            for (out, inp, p) in [(384, 192, 300), (96, 768, 257), (1536, 384, 40), (300, 227, 260)] {
                 XCTAssertTrue(inp * out >= 1 << 16)
                 let w = Buffer([out, inp], (0..<(out * inp)).map { _ in rng.nextFloat() * 2 - 1 }).view
                 let x = (0..<(inp * p)).map { _ in rng.nextFloat() * 2 - 1 }
@@ -219,6 +220,13 @@ final class FusedPathTests: XCTestCase {
                 var g = (0..<(m * n)).map { want[$0] + bias[$0 / n] }
                 Kernels.gelu(&g, count: g.count)
                 check("bias+gelu", c, g)
+                // Training's fc1: the pre-activation in C, the activation in D.
+                var act = [Float](repeating: .nan, count: m * n)
+                act.withUnsafeMutableBufferPointer { ap in
+                    Kernels.fusedGEMM(a, b, &c, m: m, n: n, k: k, epilogue: .biasGELUKeep(bias: bp.baseAddress!, into: ap.baseAddress!))
+                }
+                check("bias+gelu keep: C", c, (0..<(m * n)).map { want[$0] + bias[$0 / n] })
+                check("bias+gelu keep: D", act, g)
                 var d = d0
                 scale.withUnsafeBufferPointer { sp in
                     d.withUnsafeMutableBufferPointer { dp in

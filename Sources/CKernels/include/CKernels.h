@@ -19,13 +19,16 @@ enum {
     LC_EPILOGUE_RESIDUAL = 2,
     /// C[r][j] += sum (+ bias[r] when given).
     LC_EPILOGUE_ACCUMULATE = 3,
+    /// C[r][j] = sum + bias[r] and D[r][j] = gelu(C[r][j]): training's fc1, which keeps both the
+    /// pre-activation (for GELU's derivative) and the activation (fc2's input).
+    LC_EPILOGUE_BIAS_GELU_KEEP = 4,
 };
 
 typedef struct {
     int kind;
     const float *bias;    /* per row, or NULL (RESIDUAL and BIAS_GELU need it) */
     const float *scale;   /* RESIDUAL: per row */
-    float *dst;           /* RESIDUAL: D */
+    float *dst;           /* RESIDUAL and BIAS_GELU_KEEP: D (row stride ldd) */
     long ldd;
     /* STORE and BIAS_GELU: 0 for C row-major (ldc); else C in the packed layout a product reads
        its B in (`lc_sgemm_panel_width()` columns per panel, each panel `panel` floats: rows x
@@ -68,6 +71,10 @@ void lc_sgemm_packed_b(int m, int n, int k, const float *a, long rsa, long csa, 
 /// As `lc_sgemm_parallel_rows` with B already packed (as `lc_sgemm_packed_b`).
 int lc_sgemm_parallel_rows_packed_b(int m, int n, int k, const float *a, long rsa, long csa, const float *packed_b,
                                     float *c, long ldc, const lc_epilogue *epilogue);
+
+/// wt[c][r] = w[r][c] for columns [c0, c1) of a rows x columns row-major matrix (wt is columns x
+/// rows); 0 without touching wt where the CPU has no AVX2.
+int lc_transpose_columns(const float *w, int rows, int columns, int c0, int c1, float *wt);
 
 /// C[M x N] <- epilogue(A[M x K] * B[K x N]); all row-major with leading dimensions lda, ldb,
 /// ldc. Runs on the calling thread (callers split M or N over the cores).

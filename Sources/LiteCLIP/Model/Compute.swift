@@ -73,6 +73,8 @@ public enum Kernels {
         case biasGELU(bias: UnsafePointer<Float>)
         /// `D += scale * (A B + bias)` per row; C is scratch for partial sums (D is `M x N`, ldd = N).
         case residual(bias: UnsafePointer<Float>, scale: UnsafePointer<Float>, into: UnsafeMutablePointer<Float>)
+        /// `C = A B + bias` and `D = gelu(C)` (D is `M x N`, ldd = N): training's fc1.
+        case biasGELUKeep(bias: UnsafePointer<Float>, into: UnsafeMutablePointer<Float>)
 
         /// The C kernels' description, for a product with `n` columns.
         func c(columns n: Int) -> lc_epilogue {
@@ -82,6 +84,8 @@ public enum Kernels {
             case .biasGELU(let bias): e.kind = Int32(LC_EPILOGUE_BIAS_GELU); e.bias = bias
             case .residual(let bias, let scale, let d):
                 e.kind = Int32(LC_EPILOGUE_RESIDUAL); e.bias = bias; e.scale = scale; e.dst = d; e.ldd = n
+            case .biasGELUKeep(let bias, let d):
+                e.kind = Int32(LC_EPILOGUE_BIAS_GELU_KEEP); e.bias = bias; e.dst = d; e.ldd = n
             }
             return e
         }

@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// `nn.Linear`: `y = x W^T + b`, weight `(out, in)`, bias `(out)`, on row-major activations
@@ -101,6 +102,7 @@ final class WeightTranspose: @unchecked Sendable {
         Kernels.parallelFor((columns + 31) / 32, grain: 1) { bands in
             for band in bands {
                 let c0 = band * 32, c1 = min(columns, c0 + 32)
+                if lc_transpose_columns(w, Int32(rows), Int32(columns), Int32(c0), Int32(c1), wt) != 0 { continue }   // 8 x 8 in registers
                 for r0 in stride(from: 0, to: rows, by: 32) {
                     let r1 = min(rows, r0 + 32)
                     for c in c0..<c1 { for r in r0..<r1 { wt[c * rows + r] = w[r * columns + c] } }

@@ -27,9 +27,10 @@ struct ConvNeXtBlock {
     }
 
     /// What the backward needs: the input (depthwise weight gradient), the norm's `xhat` and
-    /// `rstd`, the MLP pre-activation, and `z = fc2(...)` (gamma's gradient).
+    /// `rstd`, the MLP pre-activation and activation `a = gelu(hpre)`, and `z = fc2(...)`
+    /// (gamma's gradient).
     final class Cache {
-        var x: Buffer?, xhat: Buffer?, rstd: Buffer?, hpre: Buffer?, z: Buffer?
+        var x: Buffer?, xhat: Buffer?, rstd: Buffer?, hpre: Buffer?, a: Buffer?, z: Buffer?
     }
 
     /// Per-stage buffers reused by every block: `t (C, P)` (inference only) and `hidden (4C, P)`,
@@ -95,10 +96,17 @@ struct ConvNeXtBlock {
         let xhat = cache.map { _ in ws.uninitialized([dim, p]) }, rstd = cache.map { _ in ws.uninitialized([p]) }
         Kernels.layerNormChannelsForward(t.data, channels: dim, columns: p, weight: norm.weight, bias: norm.bias, eps: eps,
                                          xhat: xhat?.data, rstd: rstd?.data, into: t.data)
+        // Training keeps hpre (GELU's derivative) and a = gelu(hpre) (fc2's weight gradient), both
+        // written by fc1's epilogue on our sgemm; inference runs GELU in place.
         let hpre = cache == nil ? scratch.hidden : ws.uninitialized([h4, p])
-        Kernels.pointwise(t.data, columns: p, weight: fc1.weight, bias: fc1.bias, into: hpre.data)
-        let a = scratch.hidden                                                              // gelu(hpre); in place at inference
-        Kernels.gelu(hpre.data, into: a.data, count: h4 * p)
+        let a = cache == nil ? scratch.hidden : ws.uninitialized([h4, p])
+        if cache != nil && Kernels.useOwnGEMM && fc1.weight.int8 == nil {
+            Kernels.fusedGEMM(fc1.weight.data, t.data, hpre.data, m: h4, n: p, k: dim,
+                              epilogue: .biasGELUKeep(bias: fc1.bias.data, into: a.data))
+        } else {
+            Kernels.pointwise(t.data, columns: p, weight: fc1.weight, bias: fc1.bias, into: hpre.data)
+            Kernels.gelu(hpre.data, into: a.data, count: h4 * p)
+        }
         let z = t                                                                           // t is not needed any more
         Kernels.pointwise(a.data, columns: p, weight: fc2.weight, bias: fc2.bias, into: z.data)
         let out = cache == nil ? x : ws.uninitialized([dim, p])
@@ -108,14 +116,15 @@ struct ConvNeXtBlock {
                 for j in 0..<p { o[j] = xr[j] + g * zr[j] }
             }
         }
-        if let cache { (cache.x, cache.xhat, cache.rstd, cache.hpre, cache.z) = (x, xhat, rstd, hpre, z) }
+        if let cache { (cache.x, cache.xhat, cache.rstd, cache.hpre, cache.a, cache.z) = (x, xhat, rstd, hpre, a, z) }
         return out
     }
 
-    /// Returns dL/dx; accumulates every weight gradient. `a` is a `(4C, P)` scratch.
-    func backward(_ cache: Cache, _ dOut: Buffer, dim: Int, batch: Int, h: Int, w: Int, grads: Gradients, a: Buffer,
+    /// Returns dL/dx; accumulates every weight gradient. The cached activation `a` becomes dL/dhpre.
+    func backward(_ cache: Cache, _ dOut: Buffer, dim: Int, batch: Int, h: Int, w: Int, grads: Gradients,
                   ws: Workspace) -> Buffer {
-        guard let x = cache.x, let xhat = cache.xhat, let rstd = cache.rstd, let hpre = cache.hpre, let z = cache.z else {
+        guard let x = cache.x, let xhat = cache.xhat, let rstd = cache.rstd, let hpre = cache.hpre, let a = cache.a,
+              let z = cache.z else {
             preconditionFailure("backward without a forward cache")
         }
         let p = batch * h * w, h4 = fc1.weight.shape[0]
@@ -135,7 +144,6 @@ struct ConvNeXtBlock {
         Kernels.parallelFor(dim, grain: 1) { range in
             for c in range { let g = gamma.data[c]; for j in 0..<p { dz.data[c * p + j] = g * dOut.data[c * p + j] } }
         }
-        Kernels.gelu(hpre.data, into: a.data, count: h4 * p)
         Kernels.pointwiseBackward(x: a.data, dy: dz.data, columns: p, weight: fc2.weight,
                                   dWeight: grads.of(fc2.weight), dBias: grads.of(fc2.bias), dx: a.data)
         Kernels.geluBackward(hpre.data, a.data, count: h4 * p)                // a = dL/dhpre
@@ -289,9 +297,8 @@ public struct ConvNeXt: Sendable {
         Kernels.globalAveragePoolBackward(dpooled.data, channels: cl, batch: b, hw: head.hw, dx: dx.data)
         for i in stride(from: stages.count - 1, through: 0, by: -1) {
             let dim = c.dims[i], (h, w) = cache.sizes[i]
-            let a = ws.uninitialized([c.mlpRatio * dim, b * h * w])   // each block writes it (GELU) before reading
             for j in stride(from: stages[i].blocks.count - 1, through: 0, by: -1) {
-                dx = stages[i].blocks[j].backward(cache.blocks[i][j], dx, dim: dim, batch: b, h: h, w: w, grads: grads, a: a, ws: ws)
+                dx = stages[i].blocks[j].backward(cache.blocks[i][j], dx, dim: dim, batch: b, h: h, w: w, grads: grads, ws: ws)
                 cache.blocks[i].removeLast()                    // release the block's activations
             }
             if let ds = stages[i].downsample, let dsc = cache.downsample[i] {
