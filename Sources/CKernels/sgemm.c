@@ -197,6 +197,47 @@ static inline __m256 gelu8(__m256 v) {
     return _mm256_fmadd_ps(h, erf, h);
 }
 
+__attribute__((target("avx512f")))
+static inline __m512 exp16(__m512 xin) {
+    __m512 x = _mm512_min_ps(xin, _mm512_set1_ps(88.0f));
+    __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_LT_OQ);
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    __m512 magic = _mm512_set1_ps(12582912.0f);
+    __m512 t = _mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), magic);
+    __m512 n = _mm512_sub_ps(t, magic);
+    __m512 r = _mm512_add_ps(_mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(0.693359375f))),
+                             _mm512_mul_ps(n, _mm512_set1_ps(2.12194440e-4f)));
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(5.0000001201e-1f));
+    __m512 er = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(p, r), r), r), _mm512_set1_ps(1.0f));
+    __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_sub_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(0x4B400000)),
+                                                      _mm512_set1_epi32(127)), 23);
+    __m512 out = _mm512_mul_ps(er, _mm512_castsi512_ps(bits));
+    return _mm512_mask_mov_ps(out, tiny, _mm512_setzero_ps());
+}
+
+__attribute__((target("avx512f")))
+static inline __m512 gelu_derivative16(__m512 v) {
+    __m512 erf = erf16(_mm512_mul_ps(v, _mm512_set1_ps(0.70710678118654752f)));
+    __m512 cdf = _mm512_mul_ps(_mm512_set1_ps(0.5f), _mm512_add_ps(_mm512_set1_ps(1.0f), erf));
+    __m512 e = exp16(_mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(-0.5f), v), v));
+    return _mm512_add_ps(cdf, _mm512_mul_ps(_mm512_mul_ps(v, e), _mm512_set1_ps(0.3989422804014327f)));
+}
+
+// out[q] = v[q] * gelu'(h[q]) for q < n (the GELU_GRAD epilogue of an edge tile's row).
+__attribute__((target("avx512f"), noinline))
+static void gelu_grad_row(const float *v, const float *h, float *out, int n) {
+    for (int q = 0; q < n; q += 16) {
+        __mmask16 mk = n - q >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - q)) - 1);
+        __m512 d = gelu_derivative16(_mm512_maskz_loadu_ps(mk, h + q));
+        _mm512_mask_storeu_ps(out + q, mk, _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, v + q), d));
+    }
+}
+
 // The epilogue of one row of a full 6 x 32 tile straight from its two accumulators: the same
 // arithmetic as `epilogue` below (which serves edge tiles), 16 wide. cr: the row in C at the
 // tile's first column; dr: the same place in D (RESIDUAL).
@@ -208,6 +249,10 @@ void lc_finish_row512(__m512 v0, __m512 v1, int row, float *cr, float *dr, const
         if (e->kind == LC_EPILOGUE_BIAS_GELU) { v0 = gelu16(v0); v1 = gelu16(v1); }
         if (e->kind == LC_EPILOGUE_BIAS_GELU_KEEP) {
             _mm512_storeu_ps(dr, gelu16(v0)); _mm512_storeu_ps(dr + 16, gelu16(v1));
+        }
+        if (e->kind == LC_EPILOGUE_GELU_GRAD) {
+            v0 = _mm512_mul_ps(v0, gelu_derivative16(_mm512_loadu_ps(dr)));
+            v1 = _mm512_mul_ps(v1, gelu_derivative16(_mm512_loadu_ps(dr + 16)));
         }
         if (e->kind == LC_EPILOGUE_RESIDUAL) {
             __m512 sc = _mm512_set1_ps(e->scale[row]);
@@ -302,7 +347,7 @@ static void kernel_avx512(int kc, int mr, const float *a, long rsa, long csa, co
     if (c) {
         int addC = e->kind == LC_EPILOGUE_ACCUMULATE || !first;
         float *cr = lc_c_at(c, ldc, e, r, j);
-        float *dr = e->dst ? e->dst + (long)r * e->ldd + j : NULL;   /* RESIDUAL, BIAS_GELU_KEEP */
+        float *dr = e->dst ? e->dst + (long)r * e->ldd + j : NULL;   /* RESIDUAL, BIAS_GELU_KEEP, GELU_GRAD */
         long dd = e->ldd, cs = lc_c_step(ldc, e);
         lc_finish_row512(c00, c01, r + 0, cr, dr, e, addC, last); cr += cs; if (dr) dr += dd;
         lc_finish_row512(c10, c11, r + 1, cr, dr, e, addC, last); cr += cs; if (dr) dr += dd;
@@ -347,6 +392,10 @@ void lc_tile_epilogue(const float *tile, int mr, int nr, int r, int j, float *c,
         }
         if (kind == LC_EPILOGUE_BIAS_GELU) {
             for (int q = 0; q < nr; q += 8) _mm256_store_ps(row + q, gelu8(_mm256_load_ps(row + q)));
+        }
+        if (kind == LC_EPILOGUE_GELU_GRAD) {
+            gelu_grad_row(row, e->dst + (long)(r + i) * e->ldd + j, cr, nr);
+            continue;
         }
         if (kind == LC_EPILOGUE_BIAS_GELU_KEEP) {
             float act[NR_MAX] __attribute__((aligned(32)));
@@ -675,37 +724,6 @@ void lc_sgemm(int m, int n, int k, const float *a, long lda, const float *b, lon
 
 // MARK: element-wise GELU and its derivative (training's plain path), same arithmetic as
 // Kernels.geluVector / geluDerivative / exp8 (Sources/LiteCLIP/Model/Layers/GELU.swift).
-
-__attribute__((target("avx512f")))
-static inline __m512 exp16(__m512 xin) {
-    __m512 x = _mm512_min_ps(xin, _mm512_set1_ps(88.0f));
-    __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_LT_OQ);
-    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-    __m512 magic = _mm512_set1_ps(12582912.0f);
-    __m512 t = _mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), magic);
-    __m512 n = _mm512_sub_ps(t, magic);
-    __m512 r = _mm512_add_ps(_mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(0.693359375f))),
-                             _mm512_mul_ps(n, _mm512_set1_ps(2.12194440e-4f)));
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(5.0000001201e-1f));
-    __m512 er = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(p, r), r), r), _mm512_set1_ps(1.0f));
-    __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_sub_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(0x4B400000)),
-                                                      _mm512_set1_epi32(127)), 23);
-    __m512 out = _mm512_mul_ps(er, _mm512_castsi512_ps(bits));
-    return _mm512_mask_mov_ps(out, tiny, _mm512_setzero_ps());
-}
-
-__attribute__((target("avx512f")))
-static inline __m512 gelu_derivative16(__m512 v) {
-    __m512 erf = erf16(_mm512_mul_ps(v, _mm512_set1_ps(0.70710678118654752f)));
-    __m512 cdf = _mm512_mul_ps(_mm512_set1_ps(0.5f), _mm512_add_ps(_mm512_set1_ps(1.0f), erf));
-    __m512 e = exp16(_mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(-0.5f), v), v));
-    return _mm512_add_ps(cdf, _mm512_mul_ps(_mm512_mul_ps(v, e), _mm512_set1_ps(0.3989422804014327f)));
-}
 
 __attribute__((target("avx512f")))
 static void gelu_run512(float *x, long n) {

@@ -227,6 +227,14 @@ final class FusedPathTests: XCTestCase {
                 }
                 check("bias+gelu keep: C", c, (0..<(m * n)).map { want[$0] + bias[$0 / n] })
                 check("bias+gelu keep: D", act, g)
+                // Training's dL/dhpre: the product times gelu'(H) (AVX-512's epilogue only).
+                if Kernels.geluGradEpilogue {
+                    let hp = random(m * n).map { $0 * 3 }
+                    var grad = want
+                    Kernels.geluBackward(hp, &grad, count: grad.count)
+                    Kernels.gemm(a, b, &c, m: m, n: n, k: k, timesGELUDerivativeOf: hp)
+                    check("times gelu'", c, grad)
+                }
                 var d = d0
                 scale.withUnsafeBufferPointer { sp in
                     d.withUnsafeMutableBufferPointer { dp in

@@ -22,13 +22,16 @@ enum {
     /// C[r][j] = sum + bias[r] and D[r][j] = gelu(C[r][j]): training's fc1, which keeps both the
     /// pre-activation (for GELU's derivative) and the activation (fc2's input).
     LC_EPILOGUE_BIAS_GELU_KEEP = 4,
+    /// C[r][j] = sum * gelu'(D[r][j]) (D read, row stride ldd): training's dL/dhpre straight from
+    /// fc2's input-gradient product. AVX-512 only (`lc_sgemm_isa() == 2`).
+    LC_EPILOGUE_GELU_GRAD = 5,
 };
 
 typedef struct {
     int kind;
     const float *bias;    /* per row, or NULL (RESIDUAL and BIAS_GELU need it) */
     const float *scale;   /* RESIDUAL: per row */
-    float *dst;           /* RESIDUAL and BIAS_GELU_KEEP: D (row stride ldd) */
+    float *dst;           /* RESIDUAL, BIAS_GELU_KEEP, GELU_GRAD: D (row stride ldd) */
     long ldd;
     /* STORE and BIAS_GELU: 0 for C row-major (ldc); else C in the packed layout a product reads
        its B in (`lc_sgemm_panel_width()` columns per panel, each panel `panel` floats: rows x

@@ -47,12 +47,22 @@ public enum Kernels {
     /// `[K x M]`, `transB` that B is stored `[N x K]` (a PyTorch Linear weight). On our sgemm
     /// where the CPU has AVX2 (`ownGEMMAvailable`), else OpenBLAS; large products are split into
     /// one block of rows (or of columns, when M is small) per core.
+    /// `timesGELUDerivativeOf`: C = (A op(B)) * gelu'(H) elementwise, H `M x N` row-major (our
+    /// sgemm's GELU_GRAD epilogue; callers check `geluGradEpilogue`).
     static func gemm(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>,
-                     m: Int, n: Int, k: Int, transA: Bool = false, transB: Bool = false, accumulate: Bool = false) {
+                     m: Int, n: Int, k: Int, transA: Bool = false, transB: Bool = false, accumulate: Bool = false,
+                     timesGELUDerivativeOf h: UnsafePointer<Float>? = nil) {
         var e = lc_epilogue()
         e.kind = Int32(accumulate ? LC_EPILOGUE_ACCUMULATE : LC_EPILOGUE_STORE)
+        if let h {
+            precondition(geluGradEpilogue && !accumulate, "the GELU_GRAD epilogue needs our AVX-512 sgemm")
+            e.kind = Int32(LC_EPILOGUE_GELU_GRAD); e.dst = UnsafeMutablePointer(mutating: h); e.ldd = n
+        }
         product(a, b, c, m: m, n: n, k: k, transA: transA, transB: transB, epilogue: e)
     }
+
+    /// Whether products can apply GELU's derivative in their epilogue (AVX-512 micro-kernel).
+    static var geluGradEpilogue: Bool { useOwnGEMM && lc_sgemm_isa() == 2 }
 
     // MARK: - Our sgemm with fused epilogues (Sources/CKernels, formats/kernels.md)
 
@@ -144,6 +154,7 @@ public enum Kernels {
         precondition(own || (e.bias == nil && (e.kind == Int32(LC_EPILOGUE_STORE) || e.kind == Int32(LC_EPILOGUE_ACCUMULATE))),
                      "fused epilogue without our sgemm")
         precondition(own || (!packedB && e.packed == 0), "packed operands without our sgemm")
+        precondition(own || e.dst == nil, "an epilogue with D without our sgemm")
         // OpenBLAS (loaded on first use, one thread: the split below uses the cores) where ours cannot run.
         if !own && lc_blas_available() == 0 {
             fatalError("this CPU has no AVX2 and OpenBLAS (libopenblas0) is not installed: install it to run liteclip here")

@@ -54,9 +54,11 @@ extension Kernels {
 
     /// Channels-first pointwise backward, `y (out, P) = W (out, in) x (in, P) + b`:
     /// `dW += dy x^T`, `db += rowsum(dy)`, `dx = W^T dy`.
+    /// `dxTimesGELUDerivativeOf`: dx is multiplied by gelu'(H) in the product's epilogue (H the
+    /// pre-activation whose GELU was x; callers check `geluGradEpilogue`), which saves the pass.
     static func pointwiseBackward(x: UnsafePointer<Float>, dy: UnsafePointer<Float>, columns p: Int, weight: Tensor,
                                   dWeight: UnsafeMutablePointer<Float>?, dBias: UnsafeMutablePointer<Float>?,
-                                  dx: UnsafeMutablePointer<Float>?) {
+                                  dx: UnsafeMutablePointer<Float>?, dxTimesGELUDerivativeOf h: UnsafePointer<Float>? = nil) {
         let out = weight.shape[0], inp = weight.shape[1]
         if let dWeight { gemm(dy, x, dWeight, m: out, n: inp, k: p, transB: true, accumulate: true) }
         if let dBias { addRowSums(dy, rows: out, cols: p, into: dBias) }
@@ -64,9 +66,11 @@ extension Kernels {
         // dx = W^T dy. Our sgemm reads A in place: read transposed, each step down K is a new
         // cache line of W (a quarter of it used), so a large W is transposed first.
         if useOwnGEMM && inp * out >= 1 << 16 && p >= 256 {
-            WeightTranspose.shared.with(weight.data, rows: out, columns: inp) { wt in gemm(wt, dy, dx, m: inp, n: p, k: out) }
+            WeightTranspose.shared.with(weight.data, rows: out, columns: inp) { wt in
+                gemm(wt, dy, dx, m: inp, n: p, k: out, timesGELUDerivativeOf: h)
+            }
         } else {
-            gemm(weight.data, dy, dx, m: inp, n: p, k: out, transA: true)
+            gemm(weight.data, dy, dx, m: inp, n: p, k: out, transA: true, timesGELUDerivativeOf: h)
         }
     }
 

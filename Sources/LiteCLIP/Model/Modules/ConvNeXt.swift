@@ -144,9 +144,12 @@ struct ConvNeXtBlock {
         Kernels.parallelFor(dim, grain: 1) { range in
             for c in range { let g = gamma.data[c]; for j in 0..<p { dz.data[c * p + j] = g * dOut.data[c * p + j] } }
         }
+        // a = dL/dhpre: fc2's input gradient times gelu'(hpre), in the product's epilogue where it can.
+        let fusedGrad = Kernels.geluGradEpilogue
         Kernels.pointwiseBackward(x: a.data, dy: dz.data, columns: p, weight: fc2.weight,
-                                  dWeight: grads.of(fc2.weight), dBias: grads.of(fc2.bias), dx: a.data)
-        Kernels.geluBackward(hpre.data, a.data, count: h4 * p)                // a = dL/dhpre
+                                  dWeight: grads.of(fc2.weight), dBias: grads.of(fc2.bias), dx: a.data,
+                                  dxTimesGELUDerivativeOf: fusedGrad ? UnsafePointer(hpre.data) : nil)
+        if !fusedGrad { Kernels.geluBackward(hpre.data, a.data, count: h4 * p) }
         let t = z                                                             // t = norm output, over dz
         Kernels.affineChannels(xhat.data, channels: dim, columns: p, weight: norm.weight, bias: norm.bias, into: t.data)
         Kernels.pointwiseBackward(x: t.data, dy: a.data, columns: p, weight: fc1.weight,
