@@ -241,8 +241,8 @@ static void gelu_grad_row(const float *v, const float *h, float *out, int n) {
 // The epilogue of one row of a full 6 x 32 tile straight from its two accumulators: the same
 // arithmetic as `epilogue` below (which serves edge tiles), 16 wide. cr: the row in C at the
 // tile's first column; dr: the same place in D (RESIDUAL).
-__attribute__((target("avx512f")))
-void lc_finish_row512(__m512 v0, __m512 v1, int row, float *cr, float *dr, const lc_epilogue *e, int addC, int last) {
+__attribute__((target("avx512f"), always_inline))
+static inline void finish_row512(__m512 v0, __m512 v1, int row, float *cr, float *dr, const lc_epilogue *e, int addC, int last) {
     if (addC) { v0 = _mm512_add_ps(_mm512_loadu_ps(cr), v0); v1 = _mm512_add_ps(_mm512_loadu_ps(cr + 16), v1); }
     if (last) {
         if (e->bias) { __m512 b = _mm512_set1_ps(e->bias[row]); v0 = _mm512_add_ps(v0, b); v1 = _mm512_add_ps(v1, b); }
@@ -262,6 +262,12 @@ void lc_finish_row512(__m512 v0, __m512 v1, int row, float *cr, float *dr, const
         }
     }
     _mm512_storeu_ps(cr, v0); _mm512_storeu_ps(cr + 16, v1);
+}
+
+// The same for qgemm.c (inlined here, where the kernel finishes its tiles from registers).
+__attribute__((target("avx512f")))
+void lc_finish_row512(__m512 v0, __m512 v1, int row, float *cr, float *dr, const lc_epilogue *e, int addC, int last) {
+    finish_row512(v0, v1, row, cr, dr, e, addC, last);
 }
 
 // tile[MR][16] = A[rows (clamped to mr)][0..kc) * panel[kc][16]; A element (i, p) at a[i*rsa + p*csa].
@@ -349,12 +355,12 @@ static void kernel_avx512(int kc, int mr, const float *a, long rsa, long csa, co
         float *cr = lc_c_at(c, ldc, e, r, j);
         float *dr = e->dst ? e->dst + (long)r * e->ldd + j : NULL;   /* RESIDUAL, BIAS_GELU_KEEP, GELU_GRAD */
         long dd = e->ldd, cs = lc_c_step(ldc, e);
-        lc_finish_row512(c00, c01, r + 0, cr, dr, e, addC, last); cr += cs; if (dr) dr += dd;
-        lc_finish_row512(c10, c11, r + 1, cr, dr, e, addC, last); cr += cs; if (dr) dr += dd;
-        lc_finish_row512(c20, c21, r + 2, cr, dr, e, addC, last); cr += cs; if (dr) dr += dd;
-        lc_finish_row512(c30, c31, r + 3, cr, dr, e, addC, last); cr += cs; if (dr) dr += dd;
-        lc_finish_row512(c40, c41, r + 4, cr, dr, e, addC, last); cr += cs; if (dr) dr += dd;
-        lc_finish_row512(c50, c51, r + 5, cr, dr, e, addC, last);
+        finish_row512(c00, c01, r + 0, cr, dr, e, addC, last); cr += cs; if (dr) dr += dd;
+        finish_row512(c10, c11, r + 1, cr, dr, e, addC, last); cr += cs; if (dr) dr += dd;
+        finish_row512(c20, c21, r + 2, cr, dr, e, addC, last); cr += cs; if (dr) dr += dd;
+        finish_row512(c30, c31, r + 3, cr, dr, e, addC, last); cr += cs; if (dr) dr += dd;
+        finish_row512(c40, c41, r + 4, cr, dr, e, addC, last); cr += cs; if (dr) dr += dd;
+        finish_row512(c50, c51, r + 5, cr, dr, e, addC, last);
         return;
     }
     const int t = NR_MAX;
