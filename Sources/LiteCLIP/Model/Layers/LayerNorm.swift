@@ -110,11 +110,18 @@ extension Kernels {
                                           dWeight: UnsafeMutablePointer<Float>?, dBias: UnsafeMutablePointer<Float>?,
                                           dx: UnsafeMutablePointer<Float>) {
         if dWeight != nil || dBias != nil {
+            // Sums 8 wide (eight partial sums per channel, then added), the tail after.
             parallelFor(c, grain: 1) { range in
                 for ch in range {
-                    let g = dy + ch * p, h = xhat + ch * p
-                    var sw: Float = 0, sb: Float = 0
-                    for j in 0..<p { sw += g[j] * h[j]; sb += g[j] }
+                    let g = UnsafeRawPointer(dy + ch * p), h = UnsafeRawPointer(xhat + ch * p)
+                    var sw8 = SIMD8<Float>(), sb8 = SIMD8<Float>(), j = 0
+                    while j + 8 <= p {
+                        let gv = g.loadUnaligned(fromByteOffset: j * 4, as: SIMD8<Float>.self)
+                        sw8 += gv * h.loadUnaligned(fromByteOffset: j * 4, as: SIMD8<Float>.self); sb8 += gv
+                        j += 8
+                    }
+                    var sw = sw8.sum(), sb = sb8.sum()
+                    while j < p { sw += dy[ch * p + j] * xhat[ch * p + j]; sb += dy[ch * p + j]; j += 1 }
                     dWeight?[ch] += sw
                     dBias?[ch] += sb
                 }
@@ -122,15 +129,18 @@ extension Kernels {
         }
         parallelFor(p, grain: 512) { range in
             let w = range.count, lo = range.lowerBound
-            var a = [Float](repeating: 0, count: w), b = [Float](repeating: 0, count: w)
-            for ch in 0..<c {
-                let g = dy + ch * p + lo, h = xhat + ch * p + lo, wt = weight.data[ch]
-                for j in 0..<w { let d = g[j] * wt; a[j] += d; b[j] += d * h[j] }
-            }
-            let inv = 1 / Float(c)
-            for ch in 0..<c {
-                let g = dy + ch * p + lo, h = xhat + ch * p + lo, o = dx + ch * p + lo, wt = weight.data[ch]
-                for j in 0..<w { o[j] = rstd[lo + j] * (g[j] * wt - a[j] * inv - h[j] * b[j] * inv) }
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * w) { ab in
+                let a = ab.baseAddress!, b = a + w
+                a.initialize(repeating: 0, count: 2 * w)
+                for ch in 0..<c {
+                    let g = dy + ch * p + lo, h = xhat + ch * p + lo, wt = weight.data[ch]
+                    for j in 0..<w { let d = g[j] * wt; a[j] += d; b[j] += d * h[j] }
+                }
+                let inv = 1 / Float(c)
+                for ch in 0..<c {
+                    let g = dy + ch * p + lo, h = xhat + ch * p + lo, o = dx + ch * p + lo, wt = weight.data[ch]
+                    for j in 0..<w { o[j] = rstd[lo + j] * (g[j] * wt - a[j] * inv - h[j] * b[j] * inv) }
+                }
             }
         }
     }
