@@ -27,6 +27,20 @@ static float *scratch(size_t n) { return lc_thread_buffer(LC_BUFFER_DWCONV, n); 
         }                                                                                               \
     }
 
+// The same for two vectors of columns at once (j and j + VW): each weight is loaded once for
+// both (rows of 32 columns or more). The same sums in the same order as DW_ROWS4.
+#define DW_ROWS4X2(KK, VW)                                                                                \
+    for (int i = 0; i < (KK) + 3; i++) {                                                                \
+        const float *in = s + (long)(r - r0 + i) * PW + j;                                              \
+        for (int kx = 0; kx < (KK); kx++) {                                                             \
+            vf v, u; memcpy(&v, in + kx, sizeof v); memcpy(&u, in + kx + VW, sizeof u);                 \
+            if (i < (KK)) { float q = kw[i * (KK) + kx]; a0 += q * v; b0 += q * u; }                    \
+            if (i >= 1 && i - 1 < (KK)) { float q = kw[(i - 1) * (KK) + kx]; a1 += q * v; b1 += q * u; } \
+            if (i >= 2 && i - 2 < (KK)) { float q = kw[(i - 2) * (KK) + kx]; a2 += q * v; b2 += q * u; } \
+            if (i >= 3 && i - 3 < (KK)) { float q = kw[(i - 3) * (KK) + kx]; a3 += q * v; b3 += q * u; } \
+        }                                                                                               \
+    }
+
 // One implementation, instantiated for 16-wide (AVX-512) and 8-wide (AVX2) vectors through
 // clang's vector extensions. Loads and stores are unaligned (memcpy of a vector).
 #define DWLN_IMPL(NAME, TARGET, VW)                                                                     \
@@ -57,7 +71,18 @@ static void NAME(const float *x, int C, int B, int H, int W, int K, const float 
         for (int r = r0; r < r1; r += 4) {                                                              \
             int nrow = r1 - r < 4 ? r1 - r : 4;                                                         \
             float *out = y + ((long)c * B + b) * HW + (long)r * W;                                      \
-            for (int j = 0; j < W; j += VW) {                                                           \
+            int j = 0;                                                                                  \
+            if (K == 7) for (; j + VW < W; j += 2 * VW) {                                               \
+                vf a0 = bias, a1 = bias, a2 = bias, a3 = bias, b0 = bias, b1 = bias, b2 = bias, b3 = bias; \
+                _Pragma("clang loop unroll(full)") DW_ROWS4X2(7, VW)                                      \
+                int n = W - j - VW < VW ? W - j - VW : VW;                                              \
+                vf acc[4] = {a0, a1, a2, a3}, bcc[4] = {b0, b1, b2, b3};                                \
+                for (int o = 0; o < nrow; o++) {                                                        \
+                    memcpy(out + (long)o * W + j, &acc[o], sizeof(float) * VW);                         \
+                    memcpy(out + (long)o * W + j + VW, &bcc[o], sizeof(float) * n);                     \
+                }                                                                                       \
+            }                                                                                           \
+            for (; j < W; j += VW) {                                                                    \
                 vf a0 = bias, a1 = bias, a2 = bias, a3 = bias;                                          \
                 if (K == 7) { _Pragma("clang loop unroll(full)") DW_ROWS4(7) }                          \
                 else { DW_ROWS4(K) }                                                                    \
