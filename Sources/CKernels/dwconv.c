@@ -74,7 +74,7 @@ static void NAME(const float *x, int C, int B, int H, int W, int K, const float 
             int j = 0;                                                                                  \
             if (K == 7) for (; j + VW < W; j += 2 * VW) {                                               \
                 vf a0 = bias, a1 = bias, a2 = bias, a3 = bias, b0 = bias, b1 = bias, b2 = bias, b3 = bias; \
-                _Pragma("clang loop unroll(full)") DW_ROWS4X2(7, VW)                                      \
+                DW_ROWS4X2(7, VW)                                      \
                 int n = W - j - VW < VW ? W - j - VW : VW;                                              \
                 vf acc[4] = {a0, a1, a2, a3}, bcc[4] = {b0, b1, b2, b3};                                \
                 for (int o = 0; o < nrow; o++) {                                                        \
