@@ -60,7 +60,19 @@ extension Kernels {
                                   dWeight: UnsafeMutablePointer<Float>?, dBias: UnsafeMutablePointer<Float>?,
                                   dx: UnsafeMutablePointer<Float>?, dxTimesGELUDerivativeOf h: UnsafePointer<Float>? = nil) {
         let out = weight.shape[0], inp = weight.shape[1]
-        if let dWeight { gemm(dy, x, dWeight, m: out, n: inp, k: p, transB: true, accumulate: true) }
+        if let dWeight {
+            // The product packs its B: x^T (inp x P) read this way. With fewer outputs than inputs
+            // and many columns (fc2, the downsampling convs; not stage 3's few columns), dW^T =
+            // x dy^T packs dy^T (out x P) instead, out / inp of it, and dW takes the transpose.
+            if useOwnGEMM && out < inp && p >= 4 * out {
+                WeightTranspose.gradient.scratch(count: inp * out) { t in
+                    gemm(x, dy, t, m: inp, n: out, k: p, transB: true)
+                    addTransposed(t, rows: inp, columns: out, into: dWeight)
+                }
+            } else {
+                gemm(dy, x, dWeight, m: out, n: inp, k: p, transB: true, accumulate: true)
+            }
+        }
         if let dBias { addRowSums(dy, rows: out, cols: p, into: dBias) }
         guard let dx else { return }
         // dx = W^T dy. Our sgemm reads A in place: read transposed, each step down K is a new
@@ -71,6 +83,19 @@ extension Kernels {
             }
         } else {
             gemm(weight.data, dy, dx, m: inp, n: p, k: out, transA: true, timesGELUDerivativeOf: h)
+        }
+    }
+
+    /// `acc[c][r] += t[r][c]` for `t` of `rows x columns` (`acc` is `columns x rows`), by 32 x 32 tiles.
+    static func addTransposed(_ t: UnsafePointer<Float>, rows: Int, columns: Int, into acc: UnsafeMutablePointer<Float>) {
+        parallelFor((columns + 31) / 32, grain: 1) { bands in
+            for band in bands {
+                let c0 = band * 32, c1 = min(columns, c0 + 32)
+                for r0 in stride(from: 0, to: rows, by: 32) {
+                    let r1 = min(rows, r0 + 32)
+                    for c in c0..<c1 { for r in r0..<r1 { acc[c * rows + r] += t[r * columns + c] } }
+                }
+            }
         }
     }
 
@@ -86,12 +111,25 @@ extension Kernels {
 }
 
 /// A grow-only buffer for a weight's transpose (training's input-gradient products), one at a
-/// time: the backward runs its products one after another.
+/// time: the backward runs its products one after another. `gradient` holds a weight
+/// gradient's transpose (`pointwiseBackward`) while `shared` holds the weight's.
 final class WeightTranspose: @unchecked Sendable {
     static let shared = WeightTranspose()
+    static let gradient = WeightTranspose()
     private let lock = NSLock()
     private var buffer: UnsafeMutablePointer<Float>?
     private var capacity = 0
+
+    /// `body(buffer)` with room for `count` floats (contents undefined).
+    func scratch(count: Int, _ body: (UnsafeMutablePointer<Float>) -> Void) {
+        lock.lock(); defer { lock.unlock() }
+        if capacity < count {
+            buffer?.deallocate()
+            buffer = .allocate(capacity: count)
+            capacity = count
+        }
+        body(buffer!)
+    }
 
     /// `body(wt)` with `wt[c][r] = w[r][c]`, `(columns, rows)` row-major.
     func with(_ w: UnsafePointer<Float>, rows: Int, columns: Int, _ body: (UnsafePointer<Float>) -> Void) {
