@@ -575,10 +575,11 @@ static void row_tiles(int r0, int r1, int m, int n, int j0, int k, const float *
 
 // The calling thread's buffer for B packed whole (the panels, then room for the tail columns),
 // with the tail columns already copied in; the panels are the caller's to pack.
-static float *whole_b_buffer(int k, int n, int nr, int wide, const float *b, long rsb, long csb) {
+static float *whole_b_buffer(int k, int n, int nr, int wide, const float *b, long rsb, long csb, const float **tail) {
     size_t panels = (size_t)k * (size_t)((n + nr - 1) / nr * nr);
     float *packed = lc_thread_buffer(LC_BUFFER_PACK, panels + (size_t)TAIL_MAX * k + NR_MAX);
     pack_tail(k, n, tail_columns(n, nr, wide), b, rsb, csb, packed + panels);
+    *tail = packed + panels;
     return packed;
 }
 
@@ -597,10 +598,9 @@ static void row_tile_product(int m, int n, int k, const float *a, const float *b
     if (prepacked) {
         tail = packed_tail(k, n, nr, wide, b);
     } else {
-        float *buffer = whole_b_buffer(k, n, nr, wide, b, rsb, csb);
+        float *buffer = whole_b_buffer(k, n, nr, wide, b, rsb, csb, &tail);
         pack_b(k, n, nr, b, rsb, csb, buffer);
         packed = buffer;
-        tail = buffer + (long)k * ((n + nr - 1) / nr * nr);
     }
     row_tiles(0, m, m, n, 0, k, a, packed, tail, c, ldc, e, wide, nr);
 }
@@ -648,9 +648,7 @@ static int parallel_rows(int m, int n, int k, const float *a, long rsa, long csa
             job.tail = packed_tail(k, w, nr, wide, job.packed);
         } else {
             job.b = b + (long)j0 * csb;
-            float *buffer = whole_b_buffer(k, w, nr, wide, job.b, rsb, csb);
-            job.packed = buffer;
-            job.tail = buffer + (long)k * ((w + nr - 1) / nr * nr);
+            job.packed = whole_b_buffer(k, w, nr, wide, job.b, rsb, csb, &job.tail);
             lc_parallel((w + nr - 1) / nr, pack_panel_task, &job);
         }
         lc_parallel((m + chunk - 1) / chunk, row_chunk_task, &job);

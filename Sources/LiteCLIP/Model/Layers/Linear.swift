@@ -133,24 +133,19 @@ final class WeightTranspose: @unchecked Sendable {
 
     /// `body(wt)` with `wt[c][r] = w[r][c]`, `(columns, rows)` row-major.
     func with(_ w: UnsafePointer<Float>, rows: Int, columns: Int, _ body: (UnsafePointer<Float>) -> Void) {
-        lock.lock(); defer { lock.unlock() }
-        if capacity < rows * columns {
-            buffer?.deallocate()
-            buffer = .allocate(capacity: rows * columns)
-            capacity = rows * columns
-        }
-        let wt = buffer!
-        // 32 x 32 tiles, a band of 32 output rows per task.
-        Kernels.parallelFor((columns + 31) / 32, grain: 1) { bands in
-            for band in bands {
-                let c0 = band * 32, c1 = min(columns, c0 + 32)
-                if lc_transpose_columns(w, Int32(rows), Int32(columns), Int32(c0), Int32(c1), wt) != 0 { continue }   // 8 x 8 in registers
-                for r0 in stride(from: 0, to: rows, by: 32) {
-                    let r1 = min(rows, r0 + 32)
-                    for c in c0..<c1 { for r in r0..<r1 { wt[c * rows + r] = w[r * columns + c] } }
+        scratch(count: rows * columns) { wt in
+            // 32 x 32 tiles, a band of 32 output rows per task.
+            Kernels.parallelFor((columns + 31) / 32, grain: 1) { bands in
+                for band in bands {
+                    let c0 = band * 32, c1 = min(columns, c0 + 32)
+                    if lc_transpose_columns(w, Int32(rows), Int32(columns), Int32(c0), Int32(c1), wt) != 0 { continue }   // 8 x 8 in registers
+                    for r0 in stride(from: 0, to: rows, by: 32) {
+                        let r1 = min(rows, r0 + 32)
+                        for c in c0..<c1 { for r in r0..<r1 { wt[c * rows + r] = w[r * columns + c] } }
+                    }
                 }
             }
+            body(wt)
         }
-        body(wt)
     }
 }
