@@ -131,3 +131,10 @@ void lc_parallel(long count, lc_task_fn fn, void *ctx) {
 // A scratch of the calling thread for tasks claimed one by one (the column-blocked MLP's hidden
 // block); not the buffers sgemm or the depthwise pass use inside their calls.
 float *lc_task_scratch(size_t count) { return lc_thread_buffer(LC_BUFFER_TASK, count); }
+
+void lc_touch_pages(const void *start, size_t bytes, size_t stride) {
+    const volatile unsigned char *p = start;
+    if (stride == 0) stride = 4096;
+    for (size_t o = 0; o < bytes; o += stride) (void)p[o];
+    if (bytes > 0) (void)p[bytes - 1];
+}

@@ -776,3 +776,46 @@ int lc_gelu_backward(const float *x, float *dy, long n) {
     gelu_backward_run512(x, dy, n);
     return 1;
 }
+
+// The machine's multiply-add ceiling: 12 independent chains of vector FMAs per thread (enough to
+// cover the latency), `iterations` steps each, on every pool thread at once. Returns the flops
+// done (the caller times the call); 0 without AVX2.
+__attribute__((target("avx512f")))
+static float fma_chains512(long iterations) {
+    __m512 a[12];
+    for (int i = 0; i < 12; i++) a[i] = _mm512_set1_ps(0.001f * (float)i);
+    __m512 m = _mm512_set1_ps(0.9999f), c = _mm512_set1_ps(0.0001f);
+    for (long n = 0; n < iterations; n++)
+        for (int i = 0; i < 12; i++) a[i] = _mm512_fmadd_ps(a[i], m, c);
+    for (int i = 1; i < 12; i++) a[0] = _mm512_add_ps(a[0], a[i]);
+    return _mm512_reduce_add_ps(a[0]);
+}
+
+__attribute__((target("avx2,fma")))
+static float fma_chains256(long iterations) {
+    __m256 a[12];
+    for (int i = 0; i < 12; i++) a[i] = _mm256_set1_ps(0.001f * (float)i);
+    __m256 m = _mm256_set1_ps(0.9999f), c = _mm256_set1_ps(0.0001f);
+    for (long n = 0; n < iterations; n++)
+        for (int i = 0; i < 12; i++) a[i] = _mm256_fmadd_ps(a[i], m, c);
+    for (int i = 1; i < 12; i++) a[0] = _mm256_add_ps(a[0], a[i]);
+    float out[8];
+    _mm256_storeu_ps(out, a[0]);
+    return out[0];
+}
+
+typedef struct { long iterations; volatile float sink; } fma_job;
+
+static void fma_task(void *p, long i) {
+    (void)i;
+    fma_job *j = p;
+    j->sink = isa == 2 ? fma_chains512(j->iterations) : fma_chains256(j->iterations);
+}
+
+double lc_fma_peak_flops(long iterations) {
+    if (detect() == 0) return 0;
+    int threads = lc_pool_threads();
+    fma_job job = {iterations, 0};
+    lc_parallel(threads, fma_task, &job);
+    return (double)threads * (double)iterations * 12.0 * (isa == 2 ? 16 : 8) * 2.0;
+}

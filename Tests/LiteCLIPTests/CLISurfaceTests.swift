@@ -63,7 +63,11 @@ final class CLISurfaceTests: XCTestCase {
         XCTAssertEqual(x.status, 0, x.err)
         let b = try run(["bench", Self.pt, "--reps", "1", "--json", "-q"] + conv)
         XCTAssertEqual(b.status, 0, b.err)
-        XCTAssertEqual(b.out.split(separator: "\n").count, 5, b.out)
+        let names = b.out.split(separator: "\n").compactMap { line in
+            (try? JSONSerialization.jsonObject(with: Data(line.utf8))).flatMap { ($0 as? [String: Any])?["name"] as? String }
+        }
+        XCTAssertEqual(names.count, 6, b.out)
+        XCTAssertTrue(names.first?.hasPrefix("FMA peak, ") ?? false, "the machine's ceiling comes first: \(b.out)")
         // `liteclip convert` is the same as liteclip-convert.
         let c = try run(["convert", Self.pt, dir + "/c.lcw", "-q"] + conv)
         XCTAssertEqual(c.status, 0, c.err)

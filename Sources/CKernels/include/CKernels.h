@@ -132,6 +132,16 @@ void lc_parallel(long count, lc_task_fn fn, void *ctx);
 /// The threads `lc_parallel` uses: the workers plus the caller (starts the workers).
 int lc_pool_threads(void);
 
+/// Runs `iterations` steps of 12 independent vector FMA chains on every pool thread at once (the
+/// widest vectors the kernels use) and returns the flops done: timed by the caller, the
+/// machine's multiply-add ceiling, against which the benchmarks' GFLOP/s are read.
+double lc_fma_peak_flops(long iterations);
+
+/// Reads one byte every `stride` bytes of [start, start + bytes): maps a file mapping's pages
+/// ahead of use. With the kernel's fault-around (64 KiB by default), a stride of 64 KiB maps
+/// 16 pages per fault, cheaper than MADV_POPULATE_READ's page-by-page walk.
+void lc_touch_pages(const void *start, size_t bytes, size_t stride);
+
 /// A buffer of at least `count` floats (64-byte aligned) owned by the calling thread, for use
 /// within one task: the next call on the same thread may move it. Freed when the thread ends.
 float *lc_task_scratch(size_t count);
