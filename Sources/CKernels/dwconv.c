@@ -98,6 +98,38 @@ static void NAME(const float *x, int C, int B, int H, int W, int K, const float 
     const int n = (r1 - r0) * W;                                                                        \
     const float inv = 1.0f / (float)C;                                                                  \
     int j = 0;                                                                                          \
+    /* Four vectors of columns at a time: four independent sums per channel (the adds of one column   \
+       chain otherwise) and four adjacent lines per load group. Each column's sums are as below. */   \
+    for (; j + 4 * VW <= n; j += 4 * VW) {                                                              \
+        vf m0 = {}, m1 = {}, m2 = {}, m3 = {}, q0v = {}, q1v = {}, q2v = {}, q3v = {};                \
+        for (int c = 0; c < C; c++) {                                                                   \
+            const float *p = y + c * P + q0 + j; vf v0, v1, v2, v3;                                     \
+            memcpy(&v0, p, sizeof v0); memcpy(&v1, p + VW, sizeof v1);                                  \
+            memcpy(&v2, p + 2 * VW, sizeof v2); memcpy(&v3, p + 3 * VW, sizeof v3);                     \
+            m0 += v0; m1 += v1; m2 += v2; m3 += v3;                                                     \
+        }                                                                                               \
+        m0 *= inv; m1 *= inv; m2 *= inv; m3 *= inv;                                                     \
+        for (int c = 0; c < C; c++) {                                                                   \
+            const float *p = y + c * P + q0 + j; vf v0, v1, v2, v3;                                     \
+            memcpy(&v0, p, sizeof v0); memcpy(&v1, p + VW, sizeof v1);                                  \
+            memcpy(&v2, p + 2 * VW, sizeof v2); memcpy(&v3, p + 3 * VW, sizeof v3);                     \
+            v0 -= m0; v1 -= m1; v2 -= m2; v3 -= m3;                                                     \
+            q0v += v0 * v0; q1v += v1 * v1; q2v += v2 * v2; q3v += v3 * v3;                             \
+        }                                                                                               \
+        vf r0v = 1.0f / __builtin_elementwise_sqrt(q0v * inv + eps);                                    \
+        vf r1v = 1.0f / __builtin_elementwise_sqrt(q1v * inv + eps);                                    \
+        vf r2v = 1.0f / __builtin_elementwise_sqrt(q2v * inv + eps);                                    \
+        vf r3v = 1.0f / __builtin_elementwise_sqrt(q3v * inv + eps);                                    \
+        for (int c = 0; c < C; c++) {                                                                   \
+            float *p = y + c * P + q0 + j; vf v0, v1, v2, v3;                                           \
+            memcpy(&v0, p, sizeof v0); memcpy(&v1, p + VW, sizeof v1);                                  \
+            memcpy(&v2, p + 2 * VW, sizeof v2); memcpy(&v3, p + 3 * VW, sizeof v3);                     \
+            v0 = (v0 - m0) * r0v * lnw[c] + lnb[c]; v1 = (v1 - m1) * r1v * lnw[c] + lnb[c];             \
+            v2 = (v2 - m2) * r2v * lnw[c] + lnb[c]; v3 = (v3 - m3) * r3v * lnw[c] + lnb[c];             \
+            memcpy(p, &v0, sizeof v0); memcpy(p + VW, &v1, sizeof v1);                                  \
+            memcpy(p + 2 * VW, &v2, sizeof v2); memcpy(p + 3 * VW, &v3, sizeof v3);                     \
+        }                                                                                               \
+    }                                                                                                   \
     for (; j + VW <= n; j += VW) {                                                                      \
         vf m = {}, q = {};                                                                              \
         for (int c = 0; c < C; c++) { vf v; memcpy(&v, y + c * P + q0 + j, sizeof v); m += v; }         \
