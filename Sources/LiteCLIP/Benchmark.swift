@@ -62,11 +62,12 @@ import CKernels
 
     /// The multiply-add ceiling of this machine, measured: vector FMAs with no loads on every
     /// thread the kernels use (`lc_fma_peak_flops`), best of `reps` runs of about 0.1 s. The
-    /// GFLOP/s of every workload is read against it.
-    public static func fmaPeak(reps: Int) -> Result {
+    /// GFLOP/s of every workload is read against it. Nil without AVX2 (no kernels of ours run).
+    public static func fmaPeak(reps: Int) -> Result? {
+        guard Kernels.ownGEMMAvailable else { return nil }
         var flops = 0.0
         let s = time(reps) { flops = lc_fma_peak_flops(10_000_000) }
-        return Result(name: "FMA peak, \(lc_pool_threads()) threads", seconds: s, gflop: flops / 1e9)
+        return flops > 0 ? Result(name: "FMA peak, \(lc_pool_threads()) threads", seconds: s, gflop: flops / 1e9) : nil
     }
 
     /// Which matrix kernels the products run on (to measure one lever at a time).
@@ -125,7 +126,7 @@ import CKernels
     public static func run(model m: LiteCLIPModel, reps: Int = 3, only: String? = nil) -> [Result] {
         func wanted(_ name: String) -> Bool { only.map { name.contains($0) } ?? true }
         var out: [Result] = []
-        if wanted("FMA peak") { out.append(fmaPeak(reps: reps)) }
+        if wanted("FMA peak"), let peak = fmaPeak(reps: reps) { out.append(peak) }
         for b in [1, 8] where wanted("image tower, batch \(b)") {
             let px = pixels(batch: b)
             let s = time(reps) { _ = m.imageEmbeddings(pixels: px, batch: b) }
