@@ -780,29 +780,23 @@ int lc_gelu_backward(const float *x, float *dy, long n) {
 // The machine's multiply-add ceiling: 12 independent chains of vector FMAs per thread (enough to
 // cover the latency), `iterations` steps each, on every pool thread at once. Returns the flops
 // done (the caller times the call); 0 without AVX2.
-__attribute__((target("avx512f")))
-static float fma_chains512(long iterations) {
-    __m512 a[12];
-    for (int i = 0; i < 12; i++) a[i] = _mm512_set1_ps(0.001f * (float)i);
-    __m512 m = _mm512_set1_ps(0.9999f), c = _mm512_set1_ps(0.0001f);
-    for (long n = 0; n < iterations; n++)
-        for (int i = 0; i < 12; i++) a[i] = _mm512_fmadd_ps(a[i], m, c);
-    for (int i = 1; i < 12; i++) a[0] = _mm512_add_ps(a[0], a[i]);
-    return _mm512_reduce_add_ps(a[0]);
+#define FMA_CHAINS(NAME, TARGET, VW)                                                                    \
+__attribute__((target(TARGET)))                                                                         \
+static float NAME(long iterations) {                                                                    \
+    _Pragma("clang fp contract(fast)")                                                                  \
+    typedef float vf __attribute__((vector_size(VW * 4)));                                              \
+    vf a[12], m = (vf){} + 0.9999f, c = (vf){} + 0.0001f;                                               \
+    for (int i = 0; i < 12; i++) a[i] = (vf){} + 0.001f * (float)i;                                     \
+    for (long n = 0; n < iterations; n++)                                                               \
+        for (int i = 0; i < 12; i++) a[i] = a[i] * m + c;                                               \
+    for (int i = 1; i < 12; i++) a[0] += a[i];                                                          \
+    float s = 0;                                                                                        \
+    for (int l = 0; l < VW; l++) s += a[0][l];                                                          \
+    return s;                                                                                           \
 }
 
-__attribute__((target("avx2,fma")))
-static float fma_chains256(long iterations) {
-    __m256 a[12];
-    for (int i = 0; i < 12; i++) a[i] = _mm256_set1_ps(0.001f * (float)i);
-    __m256 m = _mm256_set1_ps(0.9999f), c = _mm256_set1_ps(0.0001f);
-    for (long n = 0; n < iterations; n++)
-        for (int i = 0; i < 12; i++) a[i] = _mm256_fmadd_ps(a[i], m, c);
-    for (int i = 1; i < 12; i++) a[0] = _mm256_add_ps(a[0], a[i]);
-    float out[8];
-    _mm256_storeu_ps(out, a[0]);
-    return out[0];
-}
+FMA_CHAINS(fma_chains512, "avx512f", 16)
+FMA_CHAINS(fma_chains256, "avx2,fma", 8)
 
 typedef struct { long iterations; volatile float sink; } fma_job;
 
