@@ -18,24 +18,27 @@ static void NAME(const float *x, int C, int B, int H, int W, const float *g, con
     const int ho = H / 2, wo = W / 2;                                                                   \
     const long cols = (long)B * ho * wo, at = ((long)b * ho + oy) * wo;                                 \
     const float inv = 1 / (float)C;                                                                     \
-    float m[MAX_W], s[MAX_W];                                                                           \
-    for (int ky = 0; ky < 2; ky++) {                                                                    \
-        const float *row0 = x + (long)b * HW + (long)(2 * oy + ky) * W;                                 \
-        for (int j = 0; j < W; j++) { m[j] = 0; s[j] = 0; }                                             \
-        for (int c = 0; c < C; c++) { const float *r = row0 + c * plane; for (int j = 0; j < W; j++) m[j] += r[j]; } \
-        for (int j = 0; j < W; j++) m[j] *= inv;                                                        \
-        for (int c = 0; c < C; c++) {                                                                   \
-            const float *r = row0 + c * plane;                                                          \
-            for (int j = 0; j < W; j++) { float d = r[j] - m[j]; s[j] += d * d; }                       \
-        }                                                                                               \
-        for (int j = 0; j < W; j++) s[j] = 1 / __builtin_sqrtf(s[j] * inv + eps);                       \
-        for (int c = 0; c < C; c++) {                                                                   \
-            const float *r = row0 + c * plane;                                                          \
-            const float gc = g[c], bc = beta[c];                                                        \
+    /* The two input rows of the output row are adjacent in each plane: one run of 2W columns per \
+       channel and pass (runs of W = 14 to 56 floats were mostly loop overhead). */              \
+    float m[2 * MAX_W], s[2 * MAX_W];                                                                   \
+    const int n = 2 * W;                                                                                \
+    const float *row0 = x + (long)b * HW + (long)(2 * oy) * W;                                          \
+    for (int j = 0; j < n; j++) { m[j] = 0; s[j] = 0; }                                                 \
+    for (int c = 0; c < C; c++) { const float *r = row0 + c * plane; for (int j = 0; j < n; j++) m[j] += r[j]; } \
+    for (int j = 0; j < n; j++) m[j] *= inv;                                                            \
+    for (int c = 0; c < C; c++) {                                                                       \
+        const float *r = row0 + c * plane;                                                              \
+        for (int j = 0; j < n; j++) { float d = r[j] - m[j]; s[j] += d * d; }                           \
+    }                                                                                                   \
+    for (int j = 0; j < n; j++) s[j] = 1 / __builtin_sqrtf(s[j] * inv + eps);                           \
+    for (int c = 0; c < C; c++) {                                                                       \
+        const float gc = g[c], bc = beta[c];                                                            \
+        for (int ky = 0; ky < 2; ky++) {                                                                \
+            const float *r = row0 + c * plane + ky * W, *mk = m + ky * W, *sk = s + ky * W;             \
             float *even = col + ((long)c * 4 + ky * 2) * cols + at, *odd = even + cols;                 \
             for (int ox = 0; ox < wo; ox++) {                                                           \
-                even[ox] = (r[2 * ox] - m[2 * ox]) * s[2 * ox] * gc + bc;                               \
-                odd[ox] = (r[2 * ox + 1] - m[2 * ox + 1]) * s[2 * ox + 1] * gc + bc;                    \
+                even[ox] = (r[2 * ox] - mk[2 * ox]) * sk[2 * ox] * gc + bc;                             \
+                odd[ox] = (r[2 * ox + 1] - mk[2 * ox + 1]) * sk[2 * ox + 1] * gc + bc;                  \
             }                                                                                           \
         }                                                                                               \
     }                                                                                                   \
