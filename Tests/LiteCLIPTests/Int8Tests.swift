@@ -50,6 +50,27 @@ final class Int8Tests: XCTestCase {
 
     /// Both layouts (columns contiguous, as image planes; K contiguous, as tokens), sizes that
     /// leave partial row tiles and panels, and a product large enough to be split over the cores.
+    /// Mapping the image tower's pages ahead of its first forward reads an int8 weight's own
+    /// bytes: its values (a byte each) and its scales (a float a row), not `count` floats from
+    /// the scales, which run past them. Here the scales end where a page that may not be read
+    /// begins, so reading a byte beyond them faults and the test process crashes.
+    func testPrefaultOfAnInt8WeightStaysInsideItsBytes() throws {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let rows = 4, columns = 64
+        // Two pages, then a page that may not be read (the next mapping could otherwise be right there).
+        let base = try XCTUnwrap(mmap(nil, 3 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0))
+        XCTAssertNotEqual(base, MAP_FAILED)
+        defer { munmap(base, 3 * page) }
+        XCTAssertEqual(mprotect(base + 2 * page, page, PROT_NONE), 0)
+        let values = base.assumingMemoryBound(to: Int8.self)
+        for i in 0..<(rows * columns) { values[i] = Int8(i % 100) }
+        let scales = (base + 2 * page - rows * MemoryLayout<Float>.stride).assumingMemoryBound(to: Float.self)
+        for r in 0..<rows { scales[r] = 0.5 }
+        let q = Int8Weight(rows: rows, columns: columns, values: values, scales: scales, owners: [])
+        CLIP.prefault(Tensor(shape: [rows, columns], int8: q))
+        XCTAssertEqual(q.rowSums[0], Int32((0..<columns).reduce(0) { $0 + $1 % 100 }), "the weight is untouched")
+    }
+
     func testInt8ProductEqualsScalarReferenceBitForBit() {
         var rng = SeededRNG(seed: 5)
         forEachInt8Kernel { isa in

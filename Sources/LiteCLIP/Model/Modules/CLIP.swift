@@ -50,7 +50,13 @@ struct CLIP: Sendable {
     /// page by page: the image tower's 112 MB took about 9 ms on one core against 6.5 ms
     /// touched, and one-image `zero-shot` ran about 6 ms faster as a whole process touched
     /// (formats/kernels.md, "Start-up").
+    /// An int8 weight's tensor points at its scales (one float a row); its values are a byte each.
     static func prefault(_ t: Tensor) {
+        if let q = t.int8 {
+            lc_touch_pages(q.values, q.rows * q.columns, 65536)
+            lc_touch_pages(q.scales, q.rows * MemoryLayout<Float>.stride, 65536)
+            return
+        }
         guard t.count > 0 else { return }
         lc_touch_pages(t.data, t.count * MemoryLayout<Float>.stride, 65536)
     }
