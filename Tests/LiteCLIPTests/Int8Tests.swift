@@ -48,8 +48,6 @@ final class Int8Tests: XCTestCase {
         return (count, maxDiff)
     }
 
-    /// Both layouts (columns contiguous, as image planes; K contiguous, as tokens), sizes that
-    /// leave partial row tiles and panels, and a product large enough to be split over the cores.
     /// Mapping the image tower's pages ahead of its first forward reads an int8 weight's own
     /// bytes: its values (a byte each) and its scales (a float a row), not `count` floats from
     /// the scales, which run past them. Here the scales end where a page that may not be read
@@ -71,6 +69,8 @@ final class Int8Tests: XCTestCase {
         XCTAssertEqual(q.rowSums[0], Int32((0..<columns).reduce(0) { $0 + $1 % 100 }), "the weight is untouched")
     }
 
+    /// Both layouts (columns contiguous, as image planes; K contiguous, as tokens), sizes that
+    /// leave partial row tiles and panels, and a product large enough to be split over the cores.
     func testInt8ProductEqualsScalarReferenceBitForBit() {
         var rng = SeededRNG(seed: 5)
         forEachInt8Kernel { isa in
