@@ -44,20 +44,22 @@ static float *scratch(size_t n) { return lc_thread_buffer(LC_BUFFER_DWCONV, n); 
 // One implementation, instantiated for 16-wide (AVX-512) and 8-wide (AVX2) vectors through
 // clang's vector extensions. Loads and stores are unaligned (memcpy of a vector).
 #define DWLN_IMPL(NAME, TARGET, VW)                                                                     \
+/* The conv of channels [c0, c1) over output rows [r0, r1) of image b. */                               \
 __attribute__((target(TARGET)))                                                                         \
-static void NAME(const float *x, int C, int B, int H, int W, int K, const float *wt, const float *dwb,  \
-                 const float *lnw, const float *lnb, float eps, float *y, int b, int r0, int r1) {      \
+static void NAME##_conv(const float *x, int C, int B, int H, int W, int K, const float *wt,             \
+                        const float *dwb, float *y, int b, int r0, int r1, int c0, int c1) {            \
     _Pragma("clang fp contract(fast)")                                                                  \
     typedef float vf __attribute__((vector_size(VW * 4)));                                              \
+    (void)C;                                                                                            \
     const int pad = K / 2, PW = W + 2 * pad + VW, rows = r1 - r0 + 2 * pad;                             \
-    const long HW = (long)H * W, P = (long)B * HW;                                                      \
+    const long HW = (long)H * W;                                                                        \
     /* + 3 zero rows: a last group of fewer than four output rows reads them and drops the result */    \
     float *s = scratch((size_t)(rows + 3) * PW + VW);                                                   \
     /* Zeroed once per call: the borders and any rows outside the image stay zero, and each             \
        channel overwrites only the image part of the rows inside it. */                                 \
     memset(s, 0, sizeof(float) * ((size_t)(rows + 3) * PW + VW));                                       \
     const int rlo = r0 - pad < 0 ? pad - r0 : 0, rhi = r1 + pad > H ? H - r0 + pad : rows;              \
-    for (int c = 0; c < C; c++) {                                                                       \
+    for (int c = c0; c < c1; c++) {                                                                     \
         const float *plane = x + ((long)c * B + b) * HW;                                                \
         for (int rr = rlo; rr < rhi; rr++) {                                                            \
             const float *src = plane + (long)(r0 - pad + rr) * W;                                       \
@@ -92,10 +94,13 @@ static void NAME(const float *x, int C, int B, int H, int W, int K, const float 
             }                                                                                           \
         }                                                                                               \
     }                                                                                                   \
-    if (!lnw) return;   /* the conv alone (training keeps the norm's statistics itself) */              \
-    /* LayerNorm over channels of columns [q0, q0 + n), in place. */                                    \
-    const long q0 = (long)b * HW + (long)r0 * W;                                                        \
-    const int n = (r1 - r0) * W;                                                                        \
+}                                                                                                       \
+/* LayerNorm over the C channels (planes P apart) of columns [q0, q0 + n), in place. */                \
+__attribute__((target(TARGET)))                                                                         \
+static void NAME##_norm(float *y, int C, long P, long q0, int n, const float *lnw, const float *lnb,     \
+                        float eps) {                                                                    \
+    _Pragma("clang fp contract(fast)")                                                                  \
+    typedef float vf __attribute__((vector_size(VW * 4)));                                              \
     const float inv = 1.0f / (float)C;                                                                  \
     int j = 0;                                                                                          \
     /* Four vectors of columns at a time: four independent sums per channel (the adds of one column   \
@@ -151,6 +156,13 @@ static void NAME(const float *x, int C, int B, int H, int W, int K, const float 
         float rs = 1.0f / sqrtf(q * inv + eps);                                                         \
         for (int c = 0; c < C; c++) { float *p = y + c * P + q0 + j; *p = (*p - m) * rs * lnw[c] + lnb[c]; } \
     }                                                                                                   \
+}                                                                                                       \
+__attribute__((target(TARGET)))                                                                         \
+static void NAME(const float *x, int C, int B, int H, int W, int K, const float *wt, const float *dwb,  \
+                 const float *lnw, const float *lnb, float eps, float *y, int b, int r0, int r1) {      \
+    NAME##_conv(x, C, B, H, W, K, wt, dwb, y, b, r0, r1, 0, C);                                        \
+    /* the conv alone when lnw is NULL (training keeps the norm's statistics itself) */                 \
+    if (lnw) NAME##_norm(y, C, (long)B * H * W, (long)b * H * W + (long)r0 * W, (r1 - r0) * W, lnw, lnb, eps); \
 }
 
 DWLN_IMPL(dwln_avx512, "avx512f", 16)
@@ -172,6 +184,22 @@ int lc_dwconv_layernorm_rows(int channels, int height, int width, int batch, int
     int whole = (rows + 3) / 4 * 4;   /* whole groups of four rows (the conv's register block) */
     if ((height + whole - 1) / whole == blocks) rows = whole;
     return rows < 1 ? 1 : rows;
+}
+
+void lc_dwconv_channels(const float *x, int channels, int batch, int h, int w, int k, const float *weight,
+                        const float *conv_bias, float *y, int image, int channel_start, int channel_end) {
+    if (lc_sgemm_isa() == 2 && w > 8)
+        dwln_avx512_conv(x, channels, batch, h, w, k, weight, conv_bias, y, image, 0, h, channel_start, channel_end);
+    else
+        dwln_avx2_conv(x, channels, batch, h, w, k, weight, conv_bias, y, image, 0, h, channel_start, channel_end);
+}
+
+void lc_layernorm_channels(float *y, int channels, long columns, long column_start, int count,
+                           const float *norm_weight, const float *norm_bias, float eps) {
+    if (lc_sgemm_isa() == 2)
+        dwln_avx512_norm(y, channels, columns, column_start, count, norm_weight, norm_bias, eps);
+    else
+        dwln_avx2_norm(y, channels, columns, column_start, count, norm_weight, norm_bias, eps);
 }
 
 void lc_dwconv_layernorm(const float *x, int channels, int batch, int h, int w, int k, const float *weight,

@@ -105,6 +105,18 @@ void lc_dwconv_layernorm(const float *x, int channels, int batch, int h, int w, 
                          const float *conv_bias, const float *norm_weight, const float *norm_bias, float eps,
                          float *y, int image, int row_start, int row_end);
 
+/// The conv of `lc_dwconv_layernorm` alone, for channels [channel_start, channel_end) over every
+/// row of one image (batch 1's small planes split by channels: no halo rows read twice, and
+/// each core writes whole planes).
+void lc_dwconv_channels(const float *x, int channels, int batch, int h, int w, int k, const float *weight,
+                        const float *conv_bias, float *y, int image, int channel_start, int channel_end);
+
+/// The norm of `lc_dwconv_layernorm` alone: LayerNorm over `channels` planes `columns` floats
+/// apart, in place, for columns [column_start, column_start + count); the same operations per
+/// column.
+void lc_layernorm_channels(float *y, int channels, long columns, long column_start, int count,
+                           const float *norm_weight, const float *norm_bias, float eps);
+
 /// ConvNeXt's downsampling LayerNorm over channels, written straight into the 2 x 2 stride-2 patch
 /// conv's columns (`[C*4][B*(H/2)*(W/2)]`, row (c, ky, kx)) for output row `out_row` of image
 /// `image`; the same bits as Kernels.layerNormChannelsForward then Kernels.patchColumns. x is

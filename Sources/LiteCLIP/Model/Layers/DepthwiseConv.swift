@@ -69,6 +69,27 @@ extension Kernels {
                                        weight: Tensor, bias: Tensor, norm: LayerNorm, eps: Float,
                                        into y: UnsafeMutablePointer<Float>) {
         let k = weight.shape[2]
+        if batch < cores {
+            // Fewer images than cores (batch 1): the conv by chunks of channels, each core writing
+            // whole planes, then the norm by chunks of columns. Split by rows, every core copied
+            // the halo rows of every channel, the last group of four rows ran part empty, and the
+            // cores wrote into the same cache lines wherever a plane's row block ended mid-line.
+            let chunks = 4 * cores, p = batch * h * w
+            for image in 0..<batch {
+                parallel(chunks) { u in
+                    lc_dwconv_channels(x, Int32(channels), Int32(batch), Int32(h), Int32(w), Int32(k), weight.data, bias.data, y,
+                                       Int32(image), Int32(channels * u / chunks), Int32(channels * (u + 1) / chunks))
+                }
+            }
+            let vectors = (p + 15) / 16, parts = min(cores, vectors)
+            parallel(parts) { u in
+                let q0 = vectors * u / parts * 16, q1 = min(p, vectors * (u + 1) / parts * 16)
+                if q1 > q0 {
+                    lc_layernorm_channels(y, Int32(channels), p, q0, Int32(q1 - q0), norm.weight.data, norm.bias.data, eps)
+                }
+            }
+            return
+        }
         rowBlocks(channels: channels, batch: batch, h: h, w: w) { image, r0, r1 in
             lc_dwconv_layernorm(x, Int32(channels), Int32(batch), Int32(h), Int32(w), Int32(k), weight.data, bias.data,
                                 norm.weight.data, norm.bias.data, eps, y, Int32(image), Int32(r0), Int32(r1))
@@ -80,7 +101,9 @@ extension Kernels {
     private static func rowBlocks(channels: Int, batch: Int, h: Int, w: Int, _ body: (Int, Int, Int) -> Void) {
         let rows = min(h, Int(lc_dwconv_layernorm_rows(Int32(channels), Int32(h), Int32(w), Int32(batch), Int32(cores))))
         let blocks = (h + rows - 1) / rows
-        parallel(batch * blocks) { u in
+        let units = batch * blocks, half = (units + 1) / 2
+        parallel(units) { t in
+            let u = t % 2 == 0 ? t / 2 : half + t / 2
             let image = u / blocks, r0 = (u % blocks) * rows
             body(image, r0, min(h, r0 + rows))
         }
