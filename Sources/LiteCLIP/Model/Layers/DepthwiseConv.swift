@@ -97,7 +97,9 @@ extension Kernels {
     }
 
     /// The C depthwise pass's work units, (image, rows r0..<r1) blocks, claimed one at a time by
-    /// the cores.
+    /// the cores in interleaved order (0, half, 1, half + 1, ...): two cores at work at once are
+    /// on units far apart, not on neighbouring images whose planes share a cache line at every
+    /// channel (formats/kernels.md, "Depthwise conv + LayerNorm").
     private static func rowBlocks(channels: Int, batch: Int, h: Int, w: Int, _ body: (Int, Int, Int) -> Void) {
         let rows = min(h, Int(lc_dwconv_layernorm_rows(Int32(channels), Int32(h), Int32(w), Int32(batch), Int32(cores))))
         let blocks = (h + rows - 1) / rows
