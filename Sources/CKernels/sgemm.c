@@ -417,6 +417,13 @@ void lc_tile_epilogue(const float *tile, int mr, int nr, int r, int j, float *c,
             for (int q = full; q < nr; q++) dr[q] = dr[q] + sc * row[q];
         } else {
             memcpy(cr, row, (size_t)nr * sizeof(float));
+            // Packed C: a tile that ends inside its panel is the product's last (tiles never cross
+            // a panel, and only the last panel is short) or, at the last panel, its 16-column lead,
+            // whose tail tile is written after it. The columns after it are the panel's padding,
+            // which the products that read this layout read: zeroed here, in the task that owns
+            // these rows, instead of by a serial pass before the product.
+            int end = e->packed ? j % e->packed + nr : 0;
+            if (end && end < e->packed) memset(cr + nr, 0, (size_t)(e->packed - end) * sizeof(float));
         }
     }
 }

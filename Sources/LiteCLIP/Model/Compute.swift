@@ -120,7 +120,6 @@ public enum Kernels {
         precondition(!packedB || Int(bitPattern: b) % 64 == 0, "a packed B must be 64-byte aligned (the kernels' aligned loads)")
         if packedC {
             precondition(e.kind == Int32(LC_EPILOGUE_STORE) || e.kind == Int32(LC_EPILOGUE_BIAS_GELU), "packed C with a residual epilogue")
-            PackedColumns.zeroPadding(c, rows: m, columns: n)
             e.packed = Int32(PackedColumns.width)
             e.panel = m * PackedColumns.width
         }
@@ -135,14 +134,6 @@ public enum Kernels {
 
         /// Floats of a `rows x columns` matrix in the packed layout.
         static func count(rows: Int, columns: Int) -> Int { rows * ((columns + width - 1) / width * width) }
-
-        /// Zeroes the missing columns of the last panel (the products never write them, and read them).
-        static func zeroPadding(_ c: UnsafeMutablePointer<Float>, rows: Int, columns: Int) {
-            let used = columns % width
-            guard used != 0 else { return }
-            let last = c + (columns / width) * rows * width
-            for r in 0..<rows { (last + r * width + used).update(repeating: 0, count: width - used) }
-        }
     }
 
     /// The one driver: splits the product over the cores (columns in multiples of 32 when there
@@ -247,7 +238,6 @@ public enum Kernels {
             // multiple of 32, so a block holds whole panels but the last block's last one).
             let h = lc_task_scratch(h4 * width)!
             let j0 = b * width, n = min(width, p - j0)
-            PackedColumns.zeroPadding(h, rows: h4, columns: n)
             var e1 = Epilogue.biasGELU(bias: b1).c(columns: n)
             (e1.packed, e1.panel) = (Int32(PackedColumns.width), h4 * PackedColumns.width)
             withUnsafePointer(to: e1) {
