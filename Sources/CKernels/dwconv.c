@@ -46,11 +46,10 @@ static float *scratch(size_t n) { return lc_thread_buffer(LC_BUFFER_DWCONV, n); 
 #define DWLN_IMPL(NAME, TARGET, VW)                                                                     \
 /* The conv of channels [c0, c1) over output rows [r0, r1) of image b. */                               \
 __attribute__((target(TARGET)))                                                                         \
-static void NAME##_conv(const float *x, int C, int B, int H, int W, int K, const float *wt,             \
-                        const float *dwb, float *y, int b, int r0, int r1, int c0, int c1) {            \
+static void NAME##_conv(const float *x, int B, int H, int W, int K, const float *wt, const float *dwb,   \
+                        float *y, int b, int r0, int r1, int c0, int c1) {                              \
     _Pragma("clang fp contract(fast)")                                                                  \
     typedef float vf __attribute__((vector_size(VW * 4)));                                              \
-    (void)C;                                                                                            \
     const int pad = K / 2, PW = W + 2 * pad + VW, rows = r1 - r0 + 2 * pad;                             \
     const long HW = (long)H * W;                                                                        \
     /* + 3 zero rows: a last group of fewer than four output rows reads them and drops the result */    \
@@ -160,7 +159,7 @@ static void NAME##_norm(float *y, int C, long P, long q0, int n, const float *ln
 __attribute__((target(TARGET)))                                                                         \
 static void NAME(const float *x, int C, int B, int H, int W, int K, const float *wt, const float *dwb,  \
                  const float *lnw, const float *lnb, float eps, float *y, int b, int r0, int r1) {      \
-    NAME##_conv(x, C, B, H, W, K, wt, dwb, y, b, r0, r1, 0, C);                                        \
+    NAME##_conv(x, B, H, W, K, wt, dwb, y, b, r0, r1, 0, C);                                           \
     /* the conv alone when lnw is NULL (training keeps the norm's statistics itself) */                 \
     if (lnw) NAME##_norm(y, C, (long)B * H * W, (long)b * H * W + (long)r0 * W, (r1 - r0) * W, lnw, lnb, eps); \
 }
@@ -189,9 +188,9 @@ int lc_dwconv_layernorm_rows(int channels, int height, int width, int batch, int
 void lc_dwconv_channels(const float *x, int channels, int batch, int h, int w, int k, const float *weight,
                         const float *conv_bias, float *y, int image, int channel_start, int channel_end) {
     if (lc_sgemm_isa() == 2 && w > 8)
-        dwln_avx512_conv(x, channels, batch, h, w, k, weight, conv_bias, y, image, 0, h, channel_start, channel_end);
+        dwln_avx512_conv(x, batch, h, w, k, weight, conv_bias, y, image, 0, h, channel_start, channel_end);
     else
-        dwln_avx2_conv(x, channels, batch, h, w, k, weight, conv_bias, y, image, 0, h, channel_start, channel_end);
+        dwln_avx2_conv(x, batch, h, w, k, weight, conv_bias, y, image, 0, h, channel_start, channel_end);
 }
 
 void lc_layernorm_channels(float *y, int channels, long columns, long column_start, int count,
