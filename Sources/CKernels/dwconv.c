@@ -185,7 +185,7 @@ int lc_dwconv_layernorm_rows(int channels, int height, int width, int batch, int
     return rows < 1 ? 1 : rows;
 }
 
-void lc_dwconv_channels(const float *x, int channels, int batch, int h, int w, int k, const float *weight,
+void lc_dwconv_channels(const float *x, int batch, int h, int w, int k, const float *weight,
                         const float *conv_bias, float *y, int image, int channel_start, int channel_end) {
     if (lc_sgemm_isa() == 2 && w > 8)
         dwln_avx512_conv(x, batch, h, w, k, weight, conv_bias, y, image, 0, h, channel_start, channel_end);

@@ -31,7 +31,7 @@ static void row_block(void *p, long t) {
 
 static void channel_chunk(void *p, long u) {
     Job *j = p;
-    lc_dwconv_channels(j->x, j->C, j->B, j->H, j->W, 7, j->wt, j->bias, j->y, 0,
+    lc_dwconv_channels(j->x, j->B, j->H, j->W, 7, j->wt, j->bias, j->y, 0,
                        (int)((long)j->C * u / j->chunks), (int)((long)j->C * (u + 1) / j->chunks));
 }
 

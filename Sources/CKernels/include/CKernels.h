@@ -108,7 +108,7 @@ void lc_dwconv_layernorm(const float *x, int channels, int batch, int h, int w, 
 /// The conv of `lc_dwconv_layernorm` alone, for channels [channel_start, channel_end) over every
 /// row of one image (batch 1's small planes split by channels: no halo rows read twice, and
 /// each core writes whole planes).
-void lc_dwconv_channels(const float *x, int channels, int batch, int h, int w, int k, const float *weight,
+void lc_dwconv_channels(const float *x, int batch, int h, int w, int k, const float *weight,
                         const float *conv_bias, float *y, int image, int channel_start, int channel_end);
 
 /// The norm of `lc_dwconv_layernorm` alone: LayerNorm over `channels` planes `columns` floats

@@ -75,11 +75,10 @@ extension Kernels {
             // the halo rows of every channel, the last group of four rows ran part empty, and the
             // cores wrote into the same cache lines wherever a plane's row block ended mid-line.
             let chunks = 4 * cores, p = batch * h * w
-            for image in 0..<batch {
-                parallel(chunks) { u in
-                    lc_dwconv_channels(x, Int32(channels), Int32(batch), Int32(h), Int32(w), Int32(k), weight.data, bias.data, y,
-                                       Int32(image), Int32(channels * u / chunks), Int32(channels * (u + 1) / chunks))
-                }
+            parallel(batch * chunks) { t in
+                let image = t / chunks, u = t % chunks
+                lc_dwconv_channels(x, Int32(batch), Int32(h), Int32(w), Int32(k), weight.data, bias.data, y,
+                                   Int32(image), Int32(channels * u / chunks), Int32(channels * (u + 1) / chunks))
             }
             let vectors = (p + 15) / 16, parts = min(cores, vectors)
             parallel(parts) { u in
